@@ -1,0 +1,125 @@
+//! The application: built from validated settings (stores opened, actors started, socket
+//! bound), then run until a shutdown future completes.
+
+use crate::config::{Settings, ms};
+use crate::http::server::{self, Limits};
+use crate::tracking::TrackingService;
+use crate::tracking::allocator::{Allocator, BlockSizing};
+use crate::tracking::permute::Permutation;
+use crate::tracking::store::embedded::{self, EmbeddedStore, OpenError};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use tokio::net::TcpListener;
+
+/// State shared by all request handlers.
+pub struct AppState {
+    pub tracking: TrackingService,
+    /// Set once shutdown has begun: readiness fails and responses close their connection.
+    pub draining: AtomicBool,
+    pub max_uri_bytes: usize,
+    pub retry_after_secs: u64,
+}
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    #[error(
+        "tracking.permutation_key differs from the key {0} was issued with; changing it would reissue numbers"
+    )]
+    KeyMismatch(String),
+    #[error("cannot start the allocator actor: {0}")]
+    Actor(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    limits: Limits,
+    actors: Vec<(ractor::ActorCell, tokio::task::JoinHandle<()>)>,
+}
+
+impl Application {
+    pub async fn build(settings: &Settings) -> Result<Self, StartError> {
+        let data_dir = &settings.storage.data_dir;
+        let store = EmbeddedStore::open(data_dir)?;
+        let kept = embedded::load_or_create_key_with(data_dir, settings.permutation_key())?;
+        if let Some(configured) = settings.permutation_key()
+            && configured != kept
+        {
+            return Err(StartError::KeyMismatch(data_dir.display().to_string()));
+        }
+        let t = &settings.tracking;
+        let sizing = BlockSizing {
+            min: t.block_min,
+            max: t.block_max,
+            target: ms(t.block_target_ms),
+        };
+        let (allocator, cell, handle) = Allocator::start(Arc::new(store), sizing)
+            .await
+            .map_err(|e| StartError::Actor(e.to_string()))?;
+        let tracking =
+            TrackingService::new(allocator, Permutation::new(&kept), ms(t.wait_timeout_ms));
+
+        let addr = settings.listen_addr();
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let s = &settings.server;
+        let limits = Limits {
+            max_connections: s.max_connections,
+            max_header_bytes: s.max_header_bytes,
+            header_read_timeout: ms(s.header_read_timeout_ms),
+            idle_timeout: ms(s.idle_timeout_ms),
+            shutdown_grace: ms(s.shutdown_grace_ms),
+            shutdown_linger: ms(s.shutdown_linger_ms.min(s.shutdown_grace_ms)),
+        };
+        let state = Arc::new(AppState {
+            tracking,
+            draining: AtomicBool::new(false),
+            max_uri_bytes: s.max_uri_bytes,
+            retry_after_secs: t.retry_after_secs,
+        });
+        Ok(Self {
+            listener,
+            state,
+            limits,
+            actors: vec![(cell, handle)],
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound socket has an address")
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        Arc::clone(&self.state)
+    }
+
+    /// Serves until `shutdown` completes and connections have drained, then stops the actors.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
+        tracing::info!("listening on http://{}", self.local_addr());
+        server::serve(
+            self.listener,
+            Arc::clone(&self.state),
+            self.limits,
+            shutdown,
+        )
+        .await;
+        for (cell, handle) in self.actors {
+            cell.stop(None);
+            let _ = handle.await;
+        }
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,8 @@
+//! HTTP: the hyper server loop with its production limits, routing, JSON responses, and one
+//! module per group of routes.
+
+pub mod query;
+pub mod response;
+pub mod router;
+pub mod server;
+pub mod tracking;

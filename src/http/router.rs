@@ -1,0 +1,81 @@
+//! Routing: path (with or without trailing slash) and method to handler; 404, 405 and 414 as
+//! JSON; `Connection: close` on every response once the server is draining.
+
+use super::response::{self, Body};
+use super::tracking;
+use crate::app::AppState;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+
+pub async fn handle(req: Request<Incoming>, state: &AppState) -> Response<Body> {
+    let mut resp = route(req, state).await;
+    if state.draining.load(Ordering::Relaxed) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_len > state.max_uri_bytes {
+        let msg = format!(
+            "Request URI is too long: {uri_len} bytes, at most {}.",
+            state.max_uri_bytes
+        );
+        return response::detail(StatusCode::URI_TOO_LONG, &msg);
+    }
+    let path = req.uri().path();
+    let path = if path.len() > 1 {
+        path.strip_suffix('/').unwrap_or(path)
+    } else {
+        path
+    };
+    let method = req.method();
+    match path {
+        "/api/next-tracking-number" => {
+            if method != Method::GET {
+                return response::method_not_allowed(method, "GET");
+            }
+            tracking::next_tracking_number(req.uri().query(), state).await
+        }
+        "/healthz" => read_only(method)
+            .unwrap_or_else(|| response::json(StatusCode::OK, &json!({"status": "ok"}))),
+        "/readyz" => read_only(method).unwrap_or_else(|| readiness(state)),
+        _ => response::not_found(),
+    }
+}
+
+/// `None` for GET and HEAD (hyper drops the body of a HEAD response), else the 405.
+fn read_only(method: &Method) -> Option<Response<Body>> {
+    (method != Method::GET && method != Method::HEAD)
+        .then(|| response::method_not_allowed(method, "GET, HEAD"))
+}
+
+fn readiness(state: &AppState) -> Response<Body> {
+    let draining = state.draining.load(Ordering::Relaxed);
+    let alloc = state.tracking.allocator();
+    let tracking_ok = alloc.is_ready();
+    let ready = tracking_ok && !draining;
+    let body = json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "draining": draining,
+        "checks": {
+            "tracking": {
+                "ok": tracking_ok,
+                "store": alloc.store_kind(),
+                "store_healthy": alloc.store_healthy(),
+                "buffered_numbers": alloc.buffered(),
+            }
+        }
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    response::json(status, &body)
+}

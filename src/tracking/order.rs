@@ -1,0 +1,493 @@
+//! The order behind a tracking-number request: domain types that can only hold valid values,
+//! and parsing of the query parameters with every failing field reported at once.
+
+use super::country::CountryCode;
+use crate::http::query::{Param, Query};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+/// Parcel weight in grams (kilograms with three decimals), `1..=9_999_999`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Weight(u32);
+
+impl Weight {
+    pub const MAX_GRAMS: u32 = 9_999_999;
+
+    pub fn grams(self) -> u32 {
+        self.0
+    }
+
+    /// Parses a plain decimal number of kilograms.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        const INVALID: &str = "A valid number is required.";
+        let (negative, body) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+        let digits_ok = |p: &str| p.bytes().all(|c| c.is_ascii_digit());
+        if int.is_empty() && frac.is_empty() || !digits_ok(int) || !digits_ok(frac) {
+            return Err(INVALID);
+        }
+        if body.ends_with('.') && frac.is_empty() && int.is_empty() {
+            return Err(INVALID);
+        }
+        let int = int.trim_start_matches('0');
+        let is_zero = int.is_empty() && frac.bytes().all(|c| c == b'0');
+        if negative || is_zero {
+            return Err("Must be greater than 0.");
+        }
+        if frac.len() > 3 {
+            return Err("Ensure that there are no more than 3 decimal places.");
+        }
+        if int.len() > 4 {
+            return Err("Ensure this value is less than or equal to 9999.999.");
+        }
+        let whole: u32 = if int.is_empty() {
+            0
+        } else {
+            int.parse().map_err(|_| INVALID)?
+        };
+        let mut milli: u32 = 0;
+        for (i, c) in frac.bytes().enumerate() {
+            milli += (c - b'0') as u32 * 10u32.pow(2 - i as u32);
+        }
+        Ok(Self(whole * 1000 + milli))
+    }
+}
+
+impl std::fmt::Display for Weight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:03}", self.0 / 1000, self.0 % 1000)
+    }
+}
+
+/// A customer's display name: trimmed, 1–255 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerName(String);
+
+impl CustomerName {
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let t = s.trim();
+        if t.is_empty() {
+            return Err("This field may not be blank.");
+        }
+        if t.chars().count() > 255 {
+            return Err("Ensure this field has no more than 255 characters.");
+        }
+        if t.chars().any(char::is_control) {
+            return Err("Must not contain control characters.");
+        }
+        Ok(Self(t.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A kebab-case slug: `^[a-z0-9]+(-[a-z0-9]+)*$`, at most 255 characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerSlug(String);
+
+impl CustomerSlug {
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if s.is_empty() {
+            return Err("This field may not be blank.");
+        }
+        if s.len() > 255 {
+            return Err("Ensure this field has no more than 255 characters.");
+        }
+        let words_ok = s.split('-').all(|w| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        });
+        if !words_ok {
+            return Err(
+                "Enter a valid kebab-case slug: lower-case letters and digits, words separated by single hyphens (e.g. 'redbox-logistics').",
+            );
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Parses a customer id: a UUID, hyphenated or as 32 hex digits (no braces or URN form).
+pub fn parse_customer_id(s: &str) -> Result<Uuid, &'static str> {
+    const MSG: &str = "Must be a valid UUID (hyphenated or 32 hexadecimal digits).";
+    if s.len() != 36 && s.len() != 32 {
+        return Err(MSG);
+    }
+    Uuid::try_parse(s).map_err(|_| MSG)
+}
+
+/// A validated tracking-number request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub origin: CountryCode,
+    pub destination: CountryCode,
+    pub weight: Weight,
+    pub created_at: Option<OffsetDateTime>,
+    pub customer_id: Uuid,
+    pub customer_name: CustomerName,
+    pub customer_slug: CustomerSlug,
+}
+
+/// Every failing field with its messages, in the order of the contract's table.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FieldErrors(Vec<(&'static str, Vec<String>)>);
+
+impl FieldErrors {
+    pub fn add(&mut self, field: &'static str, msg: impl Into<String>) {
+        match self.0.iter_mut().find(|(f, _)| *f == field) {
+            Some((_, msgs)) => msgs.push(msg.into()),
+            None => self.0.push((field, vec![msg.into()])),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn fields(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.0.iter().map(|(f, _)| *f)
+    }
+
+    pub fn messages(&self, field: &str) -> Option<&[String]> {
+        self.0
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, m)| m.as_slice())
+    }
+}
+
+impl Serialize for FieldErrors {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (field, msgs) in &self.0 {
+            map.serialize_entry(field, msgs)?;
+        }
+        map.end()
+    }
+}
+
+/// Shortens user input quoted back in an error message.
+fn quote(s: &str) -> String {
+    const MAX: usize = 32;
+    if s.chars().count() <= MAX {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(MAX).collect();
+        t.push('…');
+        t
+    }
+}
+
+impl Order {
+    /// Parses the query parameters of `GET /api/next-tracking-number/`.
+    pub fn from_query(q: &Query<'_>) -> Result<Self, FieldErrors> {
+        let mut errors = FieldErrors::default();
+
+        // Each field: fetch the single raw value (or record why there is none), then parse it.
+        fn field<'q, T>(
+            q: &'q Query<'_>,
+            errors: &mut FieldErrors,
+            name: &'static str,
+            required: bool,
+            parse: impl FnOnce(&'q str) -> Result<T, String>,
+        ) -> Option<T> {
+            let raw = match q.get(name) {
+                Param::Value(v) => v,
+                Param::Missing if !required => return None,
+                Param::Missing => {
+                    errors.add(name, "This field is required.");
+                    return None;
+                }
+                Param::Repeated => {
+                    errors.add(name, "This parameter was given more than once.");
+                    return None;
+                }
+                Param::NotUtf8 => {
+                    errors.add(name, "Must be valid UTF-8 text.");
+                    return None;
+                }
+            };
+            parse(raw).map_err(|m| errors.add(name, m)).ok()
+        }
+
+        let country = |s: &str| {
+            CountryCode::parse(s)
+                .ok_or_else(|| format!("'{}' is not an ISO 3166-1 alpha-2 country code.", quote(s)))
+        };
+        let origin = field(q, &mut errors, "origin_country_id", true, country);
+        let destination = field(q, &mut errors, "destination_country_id", true, country);
+        let weight = field(q, &mut errors, "weight", true, |s| {
+            Weight::parse(s).map_err(String::from)
+        });
+        let created_at = field(q, &mut errors, "created_at", false, |s| {
+            OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
+                "Datetime has wrong format. Use RFC 3339, e.g. 2018-11-20T19:29:32+08:00."
+                    .to_owned()
+            })
+        });
+        let customer_id = field(q, &mut errors, "customer_id", true, |s| {
+            parse_customer_id(s).map_err(String::from)
+        });
+        let customer_name = field(q, &mut errors, "customer_name", true, |s| {
+            CustomerName::parse(s).map_err(String::from)
+        });
+        let customer_slug = field(q, &mut errors, "customer_slug", true, |s| {
+            CustomerSlug::parse(s).map_err(String::from)
+        });
+
+        match (
+            origin,
+            destination,
+            weight,
+            customer_id,
+            customer_name,
+            customer_slug,
+        ) {
+            (
+                Some(origin),
+                Some(destination),
+                Some(weight),
+                Some(customer_id),
+                Some(customer_name),
+                Some(customer_slug),
+            ) if errors.is_empty() => Ok(Order {
+                origin,
+                destination,
+                weight,
+                created_at,
+                customer_id,
+                customer_name,
+                customer_slug,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "origin_country_id=my&destination_country_id=ID&weight=1.234\
+        &created_at=2018-11-20T19:29:32%2B08:00&customer_id=DE619854B59B425E9DB4943979E1BD49\
+        &customer_name=+RedBox%20Logistics+&customer_slug=redbox-logistics&unknown=1";
+
+    fn order(q: &str) -> Result<Order, FieldErrors> {
+        Order::from_query(&Query::parse(Some(q)))
+    }
+
+    fn replace(param: &str, value: Option<&str>) -> String {
+        let mut parts: Vec<String> = GOOD
+            .split('&')
+            .filter(|p| !p.starts_with(&format!("{param}=")))
+            .map(String::from)
+            .collect();
+        if let Some(v) = value {
+            parts.push(format!("{param}={v}"));
+        }
+        parts.join("&")
+    }
+
+    fn only_error(q: &str, field: &str) -> String {
+        let e = order(q).unwrap_err();
+        assert_eq!(e.fields().collect::<Vec<_>>(), vec![field], "query {q}");
+        e.messages(field).unwrap().join(" ")
+    }
+
+    #[test]
+    fn accepts_a_good_order_and_normalises() {
+        let o = order(GOOD).unwrap();
+        assert_eq!(o.origin.as_str(), "MY");
+        assert_eq!(o.destination.as_str(), "ID");
+        assert_eq!(o.weight.grams(), 1234);
+        assert_eq!(
+            o.customer_id.hyphenated().to_string(),
+            "de619854-b59b-425e-9db4-943979e1bd49"
+        );
+        assert_eq!(o.customer_name.as_str(), "RedBox Logistics");
+        assert_eq!(o.customer_slug.as_str(), "redbox-logistics");
+        assert_eq!(o.created_at.unwrap().offset().whole_hours(), 8);
+        assert!(
+            order(&replace("created_at", None))
+                .unwrap()
+                .created_at
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn weight_rules() {
+        for (s, g) in [
+            ("1", 1000),
+            ("0.001", 1),
+            (".5", 500),
+            ("9999.999", 9_999_999),
+            ("0009.5", 9500),
+            ("3.", 3000),
+        ] {
+            assert_eq!(Weight::parse(s).map(Weight::grams), Ok(g), "{s}");
+        }
+        for (s, msg) in [
+            ("0", "greater than 0"),
+            ("0.000", "greater than 0"),
+            ("-1", "greater than 0"),
+            ("1.2345", "3 decimal places"),
+            ("10000", "less than or equal to 9999.999"),
+            ("99999999999999999999999", "less than or equal"),
+            ("1e3", "valid number"),
+            ("NaN", "valid number"),
+            ("inf", "valid number"),
+            ("", "valid number"),
+            (".", "valid number"),
+            ("1.2.3", "valid number"),
+            ("+1", "valid number"),
+            (" 1", "valid number"),
+            ("1,5", "valid number"),
+        ] {
+            let e = Weight::parse(s).unwrap_err();
+            assert!(e.contains(msg), "{s:?}: {e}");
+        }
+        assert_eq!(Weight::parse("1.5").unwrap().to_string(), "1.500");
+    }
+
+    #[test]
+    fn country_rules() {
+        let m = only_error(
+            &replace("origin_country_id", Some("XX")),
+            "origin_country_id",
+        );
+        assert_eq!(m, "'XX' is not an ISO 3166-1 alpha-2 country code.");
+        only_error(
+            &replace("destination_country_id", Some("MYS")),
+            "destination_country_id",
+        );
+        only_error(
+            &replace("destination_country_id", Some("M1")),
+            "destination_country_id",
+        );
+        let long = "A".repeat(100);
+        let m = only_error(
+            &replace("origin_country_id", Some(&long)),
+            "origin_country_id",
+        );
+        assert!(m.len() < 100, "quoted input is shortened: {m}");
+    }
+
+    #[test]
+    fn uuid_rules() {
+        assert!(
+            order(&replace(
+                "customer_id",
+                Some("de619854-b59b-425e-9db4-943979e1bd49")
+            ))
+            .is_ok()
+        );
+        for bad in [
+            "",
+            "xyz",
+            "{de619854-b59b-425e-9db4-943979e1bd49}",
+            "de619854-b59b-425e-9db4-943979e1bd4g",
+            "urn:uuid:de619854-b59b-425e-9db4-943979e1bd49",
+        ] {
+            only_error(&replace("customer_id", Some(bad)), "customer_id");
+        }
+    }
+
+    #[test]
+    fn name_rules() {
+        assert!(
+            only_error(&replace("customer_name", Some("+++")), "customer_name").contains("blank")
+        );
+        assert!(
+            only_error(
+                &replace("customer_name", Some(&"é".repeat(256))),
+                "customer_name"
+            )
+            .contains("255")
+        );
+        assert!(order(&replace("customer_name", Some(&"é".repeat(255)))).is_ok());
+        assert!(
+            only_error(&replace("customer_name", Some("a%00b")), "customer_name")
+                .contains("control")
+        );
+        assert!(
+            only_error(&replace("customer_name", Some("a%FFb")), "customer_name").contains("UTF-8")
+        );
+        assert!(order(&replace("customer_name", Some("Ünïcødé 株式会社"))).is_ok());
+    }
+
+    #[test]
+    fn slug_rules() {
+        for good in ["a", "redbox-logistics", "x-1-2", "abc123"] {
+            assert!(
+                order(&replace("customer_slug", Some(good))).is_ok(),
+                "{good}"
+            );
+        }
+        for bad in ["veera_veera", "Redbox", "-a", "a-", "a--b", "a b", "é"] {
+            only_error(&replace("customer_slug", Some(bad)), "customer_slug");
+        }
+        assert!(only_error(&replace("customer_slug", Some("")), "customer_slug").contains("blank"));
+        assert!(
+            only_error(
+                &replace("customer_slug", Some(&"a".repeat(256))),
+                "customer_slug"
+            )
+            .contains("255")
+        );
+    }
+
+    #[test]
+    fn created_at_rules() {
+        for bad in [
+            "2018-11-20T19:29:32%2B08:0",
+            "2018-11-20",
+            "yesterday",
+            "",
+            "2018-13-20T19:29:32Z",
+        ] {
+            only_error(&replace("created_at", Some(bad)), "created_at");
+        }
+        assert!(order(&replace("created_at", Some("2018-11-20T11:29:32.123456Z"))).is_ok());
+    }
+
+    #[test]
+    fn reports_every_failing_field_at_once_in_contract_order() {
+        let e = order("weight=0&origin_country_id=XX&customer_slug=A&weight=2").unwrap_err();
+        assert_eq!(
+            e.fields().collect::<Vec<_>>(),
+            [
+                "origin_country_id",
+                "destination_country_id",
+                "weight",
+                "customer_id",
+                "customer_name",
+                "customer_slug"
+            ]
+        );
+        assert_eq!(
+            e.messages("weight").unwrap(),
+            ["This parameter was given more than once."]
+        );
+        assert_eq!(
+            e.messages("destination_country_id").unwrap(),
+            ["This field is required."]
+        );
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            json["origin_country_id"][0],
+            "'XX' is not an ISO 3166-1 alpha-2 country code."
+        );
+    }
+}

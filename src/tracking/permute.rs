@@ -1,0 +1,232 @@
+//! Keyed pseudo-random permutation of `[0, 36^11)`: an alternating Feistel network with
+//! SipHash-2-4 rounds, cycle-walked into the domain, so codes reveal neither order nor volume.
+//!
+//! The network works on `bits`-bit values split into two halves of `bits/2` and `bits - bits/2`
+//! bits whose roles alternate each round (the FF1 layout, with XOR instead of modular
+//! addition). An even number of rounds brings the layout back, so the network is a bijection on
+//! `[0, 2^bits)`. Cycle-walking (re-applying it while the result is out of range) restricts it
+//! to a bijection on `[0, n)` for any `n <= 2^bits`; with `n = 36^11` and `bits = 57`, the
+//! expected number of passes is `2^57 / 36^11 ≈ 1.095`.
+
+use super::number::CODE_SPACE;
+use siphasher::sip::SipHasher24;
+use std::hash::Hasher;
+
+/// Rounds of the Feistel network (FF1 uses 10).
+const ROUNDS: u32 = 10;
+
+/// A 128-bit permutation key. It must stay fixed for the life of a deployment.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PermutationKey(pub [u8; 16]);
+
+impl PermutationKey {
+    /// Parses 32 hexadecimal digits.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if s.len() != 32 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut k = [0u8; 16];
+        for (i, byte) in k.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(k))
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A new random key from the operating system's generator.
+    pub fn generate() -> std::io::Result<Self> {
+        let mut k = [0u8; 16];
+        getrandom::fill(&mut k).map_err(std::io::Error::other)?;
+        Ok(Self(k))
+    }
+}
+
+impl std::fmt::Debug for PermutationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PermutationKey(<secret>)")
+    }
+}
+
+/// A keyed bijection of `[0, domain)`.
+#[derive(Clone)]
+pub struct Permutation {
+    k0: u64,
+    k1: u64,
+    domain: u64,
+    /// Width of the smaller (first) half; the other half has `bits - lo_bits` bits.
+    lo_bits: u32,
+    hi_bits: u32,
+}
+
+impl Permutation {
+    /// The permutation of tracking codes, `[0, 36^11)`.
+    pub fn new(key: &PermutationKey) -> Self {
+        Self::with_domain(key, CODE_SPACE)
+    }
+
+    /// A permutation of `[0, domain)`; `domain` must be at least 4. Smaller domains exist for
+    /// exhaustive tests of the same construction.
+    pub fn with_domain(key: &PermutationKey, domain: u64) -> Self {
+        assert!(domain >= 4, "domain too small for a Feistel network");
+        let bits = 64 - (domain - 1).leading_zeros();
+        let k0 = u64::from_le_bytes(key.0[..8].try_into().expect("8 bytes"));
+        let k1 = u64::from_le_bytes(key.0[8..].try_into().expect("8 bytes"));
+        Self {
+            k0,
+            k1,
+            domain,
+            lo_bits: bits / 2,
+            hi_bits: bits - bits / 2,
+        }
+    }
+
+    pub fn domain(&self) -> u64 {
+        self.domain
+    }
+
+    #[inline]
+    fn round_fn(&self, round: u32, half: u64) -> u64 {
+        let mut h = SipHasher24::new_with_keys(self.k0, self.k1);
+        // Domain separation: round number and total width, then the half itself.
+        h.write_u64(((self.lo_bits + self.hi_bits) as u64) << 32 | round as u64);
+        h.write_u64(half);
+        h.finish()
+    }
+
+    /// One pass of the network over `[0, 2^bits)`.
+    #[inline]
+    fn feistel(&self, x: u64) -> u64 {
+        // State: `a` holds `wa` bits, `b` holds `wb` bits; value = a << wb | b.
+        let (mut wa, mut wb) = (self.hi_bits, self.lo_bits);
+        let mut a = x >> wb;
+        let mut b = x & mask(wb);
+        for round in 0..ROUNDS {
+            let c = (a ^ self.round_fn(round, b)) & mask(wa);
+            a = b;
+            b = c;
+            std::mem::swap(&mut wa, &mut wb);
+        }
+        (a << wb) | b
+    }
+
+    #[inline]
+    fn feistel_inverse(&self, y: u64) -> u64 {
+        // After an even number of rounds the layout is the original one.
+        let (mut wa, mut wb) = (self.hi_bits, self.lo_bits);
+        let mut a = y >> wb;
+        let mut b = y & mask(wb);
+        for round in (0..ROUNDS).rev() {
+            // Forward step was: (a, b) -> (b, a ^ F(b)) with widths swapped.
+            std::mem::swap(&mut wa, &mut wb);
+            let prev_b = a;
+            let prev_a = (b ^ self.round_fn(round, prev_b)) & mask(wa);
+            a = prev_a;
+            b = prev_b;
+        }
+        (a << wb) | b
+    }
+
+    /// Maps `x` (below the domain) to its code.
+    #[inline]
+    pub fn permute(&self, x: u64) -> u64 {
+        debug_assert!(x < self.domain);
+        let mut y = self.feistel(x);
+        while y >= self.domain {
+            y = self.feistel(y);
+        }
+        y
+    }
+
+    /// Maps a code back to its sequence number.
+    pub fn invert(&self, y: u64) -> u64 {
+        debug_assert!(y < self.domain);
+        let mut x = self.feistel_inverse(y);
+        while x >= self.domain {
+            x = self.feistel_inverse(x);
+        }
+        x
+    }
+}
+
+#[inline]
+fn mask(bits: u32) -> u64 {
+    (1u64 << bits) - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: PermutationKey = PermutationKey(*b"0123456789abcdef");
+
+    #[test]
+    fn bijection_exhaustive_on_reduced_domains() {
+        // 36^3 and 36^4 use the same code with 16 and 21 bits (an odd split).
+        for domain in [36u64.pow(3), 36u64.pow(4), 5, 1000] {
+            let p = Permutation::with_domain(&KEY, domain);
+            let mut seen = vec![false; domain as usize];
+            for x in 0..domain {
+                let y = p.permute(x);
+                assert!(y < domain);
+                assert!(!seen[y as usize], "collision at {y} in domain {domain}");
+                seen[y as usize] = true;
+                assert_eq!(p.invert(y), x);
+            }
+        }
+    }
+
+    #[test]
+    fn real_domain_sampled_round_trip_and_range() {
+        let p = Permutation::new(&KEY);
+        assert_eq!(p.lo_bits + p.hi_bits, 57);
+        let mut outputs = std::collections::HashSet::new();
+        for x in (0..100_000u64).chain((CODE_SPACE - 1000)..CODE_SPACE) {
+            let y = p.permute(x);
+            assert!(y < CODE_SPACE);
+            assert_eq!(p.invert(y), x);
+            assert!(outputs.insert(y));
+        }
+    }
+
+    #[test]
+    fn consecutive_inputs_look_unrelated_and_key_matters() {
+        let p = Permutation::new(&KEY);
+        let q = Permutation::new(&PermutationKey(*b"fedcba9876543210"));
+        let ys: Vec<u64> = (0..1000).map(|x| p.permute(x)).collect();
+        // Sorted order of the outputs should not follow the input order.
+        let ascending = ys.windows(2).filter(|w| w[0] < w[1]).count();
+        assert!(
+            (350..650).contains(&ascending),
+            "ascending pairs: {ascending}"
+        );
+        // Roughly half of the bits differ between neighbours.
+        let mean_flips: f64 = ys
+            .windows(2)
+            .map(|w| (w[0] ^ w[1]).count_ones() as f64)
+            .sum::<f64>()
+            / 999.0;
+        assert!(
+            (22.0..35.0).contains(&mean_flips),
+            "mean bit flips {mean_flips}"
+        );
+        assert!((0..1000).filter(|&x| p.permute(x) == q.permute(x)).count() < 2);
+    }
+
+    #[test]
+    fn key_hex_round_trip() {
+        let k = PermutationKey::from_hex("000102030405060708090a0b0c0d0e0f").unwrap();
+        assert_eq!(k.0[15], 15);
+        assert_eq!(k.to_hex(), "000102030405060708090a0b0c0d0e0f");
+        assert!(PermutationKey::from_hex("0001").is_none());
+        assert!(PermutationKey::from_hex("zz0102030405060708090a0b0c0d0e0f").is_none());
+        assert_ne!(
+            PermutationKey::generate().unwrap(),
+            PermutationKey::generate().unwrap()
+        );
+        assert_eq!(format!("{k:?}"), "PermutationKey(<secret>)");
+    }
+}

@@ -1,0 +1,56 @@
+//! Where sequence numbers come from: the `SequenceStore` trait and the block it reserves.
+
+pub mod embedded;
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// A reserved run of sequence numbers: `first + i * stride` for `i` in `0..count`.
+///
+/// A stride other than 1 lets sharded stores interleave their shards so that numbers from
+/// different shards can never coincide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    pub first: u64,
+    pub count: u64,
+    pub stride: u64,
+}
+
+impl Block {
+    /// The `i`-th sequence number of the block (`i < count`).
+    #[inline]
+    pub fn seq(&self, i: u64) -> u64 {
+        self.first + i * self.stride
+    }
+
+    /// The last sequence number of the block.
+    pub fn last(&self) -> u64 {
+        self.seq(self.count.saturating_sub(1))
+    }
+}
+
+/// Why a store could not reserve a block.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sequence store unavailable: {0}")]
+    Unavailable(String),
+    #[error("sequence space exhausted: {0}")]
+    Exhausted(String),
+    #[error("sequence store is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+pub type ReserveFuture<'a> = Pin<Box<dyn Future<Output = Result<Block, StoreError>> + Send + 'a>>;
+
+/// A durable source of unique sequence numbers.
+///
+/// Contract: once `reserve` returns a block, no later `reserve` (in this process or any other
+/// sharing the store, before or after a crash) returns a block that overlaps it. Every number
+/// of a returned block is below [`crate::tracking::number::CODE_SPACE`].
+pub trait SequenceStore: Send + Sync + 'static {
+    /// Reserves about `count` numbers (a store may round to its own granularity).
+    fn reserve(&self, count: u64) -> ReserveFuture<'_>;
+
+    /// A short name for logs and metrics labels (`embedded`, `redis`, ...).
+    fn kind(&self) -> &'static str;
+}
