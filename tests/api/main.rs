@@ -1,0 +1,6 @@
+//! Integration tests: the application on loopback (in-process on port 0, or the real `trackd`
+//! binary for signal tests), each test with its own data directory.
+
+mod helpers;
+mod server;
+mod tracking;
