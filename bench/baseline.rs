@@ -1,1 +1,122 @@
-fn main() {}
+//! The benchmark baseline: a bare hyper 1.x HTTP/1.1 keep-alive server that answers every
+//! request with the same `201 Created` JSON body that trackd sends on success.
+//!
+//! It mirrors trackd's runtime and per-connection set-up (a multi-thread tokio runtime with one
+//! worker per core, `TCP_NODELAY`, hyper's `http1::Builder` with the same timer, head-read
+//! timeout, buffer limit and keep-alive) but does no routing, validation, allocation or
+//! encoding, so `bench/run tracking` can express trackd's throughput as a fraction of what the
+//! same stack does with no work at all.
+//!
+//! Usage: `cargo run --release --example baseline -- [--listen ADDR]` (default
+//! `127.0.0.1:18090`).
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Same shape and byte size as trackd's success body (189 bytes).
+const BODY: &[u8] = br#"{"tracking_number":"MYIDLSA52BGYURXA","customer_id":"de619854-b59b-425e-9db4-943979e1bd49","origin_country_id":"MY","destination_country_id":"ID","created_at":"2026-11-23T09:33:19.791235Z"}"#;
+
+/// trackd's defaults for `server.header_read_timeout_ms` and `server.max_header_bytes`.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_HEADER_BYTES: usize = 16384;
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:18090";
+
+fn main() -> ExitCode {
+    let addr = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(addr)) => addr,
+        Ok(None) => {
+            println!("usage: baseline [--listen ADDR]   (default {DEFAULT_LISTEN})");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("baseline: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    // trackd's default: `server.worker_threads = 0`, i.e. tokio's default of one per core.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("baseline: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("baseline: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        eprintln!("baseline: listening on http://{addr}");
+        serve(listener).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// `Ok(None)` for `--help`.
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<SocketAddr>, String> {
+    let mut listen = DEFAULT_LISTEN.to_owned();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => listen = args.next().ok_or("--listen needs an address")?,
+            "-h" | "--help" => return Ok(None),
+            other => match other.strip_prefix("--listen=") {
+                Some(v) => listen = v.to_owned(),
+                None => return Err(format!("unknown argument {other:?}")),
+            },
+        }
+    }
+    listen
+        .parse()
+        .map(Some)
+        .map_err(|e| format!("bad --listen address {listen:?}: {e}"))
+}
+
+async fn serve(listener: TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                eprintln!("baseline: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEADER_BYTES)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service_fn(answer));
+            let _ = conn.await;
+        });
+    }
+}
+
+async fn answer(_req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut r = Response::new(Full::new(Bytes::from_static(BODY)));
+    *r.status_mut() = StatusCode::CREATED;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}

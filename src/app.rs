@@ -6,7 +6,9 @@ use crate::http::server::{self, Limits};
 use crate::tracking::TrackingService;
 use crate::tracking::allocator::{Allocator, BlockSizing};
 use crate::tracking::permute::Permutation;
+use crate::tracking::permute::PermutationKey;
 use crate::tracking::store::embedded::{self, EmbeddedStore, OpenError};
+use crate::tracking::store::{self, SequenceStore};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +33,8 @@ pub enum StartError {
         "tracking.permutation_key differs from the key {0} was issued with; changing it would reissue numbers"
     )]
     KeyMismatch(String),
+    #[error("tracking.permutation_key is required with a shared sequence store")]
+    KeyRequired,
     #[error("cannot start the allocator actor: {0}")]
     Actor(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -49,25 +53,40 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
-        let data_dir = &settings.storage.data_dir;
-        let store = EmbeddedStore::open(data_dir)?;
-        let kept = embedded::load_or_create_key_with(data_dir, settings.permutation_key())?;
-        if let Some(configured) = settings.permutation_key()
-            && configured != kept
-        {
-            return Err(StartError::KeyMismatch(data_dir.display().to_string()));
-        }
         let t = &settings.tracking;
+        let (store, key): (Arc<dyn SequenceStore>, PermutationKey) = match t.sequence_store.as_str()
+        {
+            "redis" | "postgres" => {
+                let key = settings.permutation_key().ok_or(StartError::KeyRequired)?;
+                let store: Arc<dyn SequenceStore> = if t.sequence_store == "redis" {
+                    Arc::new(store::redis_from(t, &key))
+                } else {
+                    Arc::new(store::postgres_from(t, &key))
+                };
+                (store, key)
+            }
+            _ => {
+                let data_dir = &settings.storage.data_dir;
+                let store = EmbeddedStore::open(data_dir)?;
+                let kept = embedded::load_or_create_key_with(data_dir, settings.permutation_key())?;
+                if let Some(configured) = settings.permutation_key()
+                    && configured != kept
+                {
+                    return Err(StartError::KeyMismatch(data_dir.display().to_string()));
+                }
+                (Arc::new(store), kept)
+            }
+        };
         let sizing = BlockSizing {
             min: t.block_min,
             max: t.block_max,
             target: ms(t.block_target_ms),
         };
-        let (allocator, cell, handle) = Allocator::start(Arc::new(store), sizing)
+        let (allocator, cell, handle) = Allocator::start(store, sizing)
             .await
             .map_err(|e| StartError::Actor(e.to_string()))?;
         let tracking =
-            TrackingService::new(allocator, Permutation::new(&kept), ms(t.wait_timeout_ms));
+            TrackingService::new(allocator, Permutation::new(&key), ms(t.wait_timeout_ms));
 
         let addr = settings.listen_addr();
         let listener = TcpListener::bind(addr)

@@ -39,6 +39,14 @@ pub struct ServerSettings {
 #[serde(deny_unknown_fields)]
 pub struct TrackingSettings {
     pub sequence_store: String,
+    pub store_timeout_ms: u64,
+    pub redis_url: String,
+    pub redis_cluster: bool,
+    pub redis_key_prefix: String,
+    pub redis_shards: u32,
+    pub redis_wait_aof: bool,
+    pub postgres_url: String,
+    pub postgres_segment: String,
     pub permutation_key: String,
     pub wait_timeout_ms: u64,
     pub retry_after_secs: u64,
@@ -51,6 +59,9 @@ impl std::fmt::Debug for TrackingSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TrackingSettings")
             .field("sequence_store", &self.sequence_store)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_shards", &self.redis_shards)
+            .field("postgres_url", &redact_url(&self.postgres_url))
             .field(
                 "permutation_key",
                 &if self.permutation_key.is_empty() {
@@ -100,6 +111,8 @@ impl std::error::Error for ConfigError {}
 pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub sequence_store: Option<String>,
+    pub redis_url: Option<String>,
 }
 
 impl Settings {
@@ -157,6 +170,22 @@ impl Settings {
         if let Some(l) = &overrides.listen {
             set(&mut merged, "server", "listen", Value::String(l.clone()));
         }
+        if let Some(v) = &overrides.sequence_store {
+            set(
+                &mut merged,
+                "tracking",
+                "sequence_store",
+                Value::String(v.clone()),
+            );
+        }
+        if let Some(v) = &overrides.redis_url {
+            set(
+                &mut merged,
+                "tracking",
+                "redis_url",
+                Value::String(v.clone()),
+            );
+        }
         if let Some(d) = &overrides.data_dir {
             set(
                 &mut merged,
@@ -200,6 +229,7 @@ impl Settings {
             ("server.idle_timeout_ms", s.idle_timeout_ms),
             ("server.shutdown_grace_ms", s.shutdown_grace_ms),
             ("tracking.wait_timeout_ms", self.tracking.wait_timeout_ms),
+            ("tracking.store_timeout_ms", self.tracking.store_timeout_ms),
             ("tracking.block_target_ms", self.tracking.block_target_ms),
         ] {
             if v == 0 {
@@ -258,6 +288,18 @@ impl Settings {
 
     pub fn permutation_key(&self) -> Option<PermutationKey> {
         PermutationKey::from_hex(&self.tracking.permutation_key)
+    }
+}
+
+/// A URL with any password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
     }
 }
 

@@ -69,6 +69,7 @@ fn readiness(state: &AppState) -> Response<Body> {
                 "store": alloc.store_kind(),
                 "store_healthy": alloc.store_healthy(),
                 "buffered_numbers": alloc.buffered(),
+                "store_detail": alloc.store_report(),
             }
         }
     });

@@ -92,7 +92,7 @@ struct Shared {
     notify: Notify,
     actor: OnceLock<ActorRef<Msg>>,
     store_healthy: AtomicBool,
-    store_kind: &'static str,
+    store: Arc<dyn SequenceStore>,
     /// Numbers handed to the pool by the actor since start (for the rate estimate).
     reserved_total: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -135,7 +135,7 @@ impl Allocator {
             notify: Notify::new(),
             actor: OnceLock::new(),
             store_healthy: AtomicBool::new(true),
-            store_kind: store.kind(),
+            store: Arc::clone(&store),
             reserved_total: AtomicU64::new(0),
             last_error: Mutex::new(None),
         });
@@ -247,7 +247,12 @@ impl Allocator {
     }
 
     pub fn store_kind(&self) -> &'static str {
-        self.shared.store_kind
+        self.shared.store.kind()
+    }
+
+    /// Store-specific health details (shards out of service, ...).
+    pub fn store_report(&self) -> serde_json::Value {
+        self.shared.store.report()
     }
 
     pub fn last_error(&self) -> Option<String> {

@@ -37,6 +37,16 @@ impl PermutationKey {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// A public identifier of the key (not reversible to it), recorded by shared stores so
+    /// that instances configured with different keys refuse to share one sequence.
+    pub fn fingerprint(&self) -> String {
+        let k0 = u64::from_le_bytes(self.0[..8].try_into().expect("8 bytes"));
+        let k1 = u64::from_le_bytes(self.0[8..].try_into().expect("8 bytes"));
+        let mut h = SipHasher24::new_with_keys(k0, k1);
+        h.write(b"trackd permutation key fingerprint v1");
+        format!("{:016x}", h.finish())
+    }
+
     /// A new random key from the operating system's generator.
     pub fn generate() -> std::io::Result<Self> {
         let mut k = [0u8; 16];

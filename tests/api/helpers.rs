@@ -37,6 +37,7 @@ pub fn test_settings(data_dir: &Path) -> Settings {
     let overrides = Overrides {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(data_dir.to_owned()),
+        ..Default::default()
     };
     let mut s = Settings::load_from(None, Vec::new(), &overrides).expect("default settings");
     s.tracking.permutation_key = KEY_HEX.into();
