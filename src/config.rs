@@ -237,11 +237,51 @@ impl Settings {
             }
         }
         let t = &self.tracking;
-        if t.sequence_store != "embedded" {
-            e.push(format!(
-                "tracking.sequence_store: '{}' is not one of: embedded",
+        match t.sequence_store.as_str() {
+            "embedded" => {}
+            "redis" | "postgres" if t.permutation_key.is_empty() => e.push(format!(
+                "tracking.permutation_key: required with the shared '{}' sequence store, \
+                 so that every instance encodes with the same key",
                 t.sequence_store
-            ));
+            )),
+            "redis" | "postgres" => {}
+            other => e.push(format!(
+                "tracking.sequence_store: '{other}' is not one of: embedded, redis, postgres"
+            )),
+        }
+        if t.sequence_store == "redis" {
+            let urls: Vec<&str> = t.redis_url.split(',').map(str::trim).collect();
+            for u in &urls {
+                if redis::parse_redis_url(u).is_none() {
+                    e.push(format!(
+                        "tracking.redis_url: '{}' is not a redis:// URL",
+                        redact_url(u)
+                    ));
+                }
+            }
+            if urls.len() > 1 && !t.redis_cluster {
+                e.push(
+                    "tracking.redis_url: several URLs need tracking.redis_cluster = true".into(),
+                );
+            }
+            if t.redis_key_prefix.is_empty() || t.redis_key_prefix.contains(['{', '}', ' ']) {
+                e.push(
+                    "tracking.redis_key_prefix: must be non-empty, without braces or spaces".into(),
+                );
+            }
+            if !(1..=1024).contains(&t.redis_shards) {
+                e.push("tracking.redis_shards: must be between 1 and 1024".into());
+            }
+        }
+        if t.sequence_store == "postgres" {
+            if t.postgres_url.is_empty() {
+                e.push("tracking.postgres_url: required with the postgres sequence store".into());
+            } else if t.postgres_url.parse::<tokio_postgres::Config>().is_err() {
+                e.push("tracking.postgres_url: not a valid PostgreSQL connection string (value not shown)".into());
+            }
+            if t.postgres_segment.is_empty() {
+                e.push("tracking.postgres_segment: must not be empty".into());
+            }
         }
         if !t.permutation_key.is_empty() && PermutationKey::from_hex(&t.permutation_key).is_none() {
             e.push(

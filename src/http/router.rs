@@ -70,6 +70,7 @@ fn readiness(state: &AppState) -> Response<Body> {
                 "store_healthy": alloc.store_healthy(),
                 "buffered_numbers": alloc.buffered(),
                 "store_detail": alloc.store_report(),
+                "store_error": (!alloc.store_healthy()).then(|| alloc.last_error()).flatten(),
             }
         }
     });

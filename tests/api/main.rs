@@ -3,4 +3,6 @@
 
 mod helpers;
 mod server;
+mod servers;
+mod stores;
 mod tracking;

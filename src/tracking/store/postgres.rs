@@ -200,4 +200,11 @@ impl SequenceStore for PostgresStore {
     fn kind(&self) -> &'static str {
         "postgres"
     }
+
+    fn report(&self) -> serde_json::Value {
+        serde_json::json!({
+            "segment": self.segment,
+            "reserved_below": self.seen.load(Ordering::Relaxed),
+        })
+    }
 }

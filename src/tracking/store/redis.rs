@@ -337,7 +337,21 @@ impl RedisStore {
                         .map(|(r, _)| serde_json::json!({"shard": i, "reason": r}))
                 })
                 .collect();
-        serde_json::json!({"shards": g.0.len(), "in_service": g.0.len() - out.len(), "out_of_service": out})
+        // Every number this instance reserved is below this sequence number: the floor to give
+        // `trackd seq repair` (take the highest over all instances).
+        let stride = g.0.len() as u64;
+        let ceiling =
+            g.0.iter()
+                .enumerate()
+                .map(|(i, s)| s.seen * stride + i as u64)
+                .max()
+                .unwrap_or(0);
+        serde_json::json!({
+            "shards": g.0.len(),
+            "in_service": g.0.len() - out.len(),
+            "out_of_service": out,
+            "reserved_below": ceiling,
+        })
     }
 
     /// `trackd seq init`: records the deployment and creates missing counters at 0.
