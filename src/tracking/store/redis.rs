@@ -16,6 +16,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Refuses missing and backwards counters; otherwise `INCRBY`. Values are compared as decimal
@@ -105,6 +106,8 @@ pub struct RedisStore {
     conn: tokio::sync::Mutex<Option<Conn>>,
     shards: Mutex<(Vec<Shard>, usize)>,
     reserve: Script,
+    /// The server has WAITAOF (checked at connect, when `wait_aof` is set).
+    waitaof: AtomicBool,
 }
 
 impl RedisStore {
@@ -119,6 +122,7 @@ impl RedisStore {
             shards: Mutex::new((vec![Shard { seen: 0, out: None }; n], start)),
             conn: tokio::sync::Mutex::new(None),
             reserve: Script::new(RESERVE_LUA),
+            waitaof: AtomicBool::new(false),
             cfg,
         }
     }
@@ -193,14 +197,32 @@ impl RedisStore {
                 .query_async(conn)
                 .await;
             let supported = matches!(reply, Ok(Value::Array(ref v)) if v.iter().any(|x| !matches!(x, Value::Nil)));
-            if !supported {
+            self.waitaof.store(supported, Ordering::Relaxed);
+            if !supported && !self.fsyncs_every_write(conn).await {
                 return Err(StoreError::Corrupt(
-                    "tracking.redis_wait_aof needs WAITAOF (Redis >= 7.2); this server lacks it"
+                    "tracking.redis_wait_aof needs WAITAOF (Redis >= 7.2), or a Redis with \
+                     appendonly yes and appendfsync always; this server has neither"
                         .into(),
                 ));
             }
         }
         Ok(())
+    }
+
+    /// Whether the server writes every command to its AOF and fsyncs before replying (then a
+    /// reservation's reply already means it is on disk, with no WAITAOF needed).
+    async fn fsyncs_every_write(&self, conn: &mut Conn) -> bool {
+        let get = |name: &'static str| {
+            let mut c = redis::cmd("CONFIG");
+            c.arg("GET").arg(name);
+            c
+        };
+        let mut values = Vec::new();
+        for name in ["appendonly", "appendfsync"] {
+            let v: Result<Vec<String>, _> = get(name).query_async(conn).await;
+            values.push(v.ok().and_then(|v| v.get(1).cloned()).unwrap_or_default());
+        }
+        values[0] == "yes" && values[1] == "always"
     }
 
     /// Picks the next shard in service (or due for a probe), round-robin.
@@ -283,7 +305,7 @@ impl RedisStore {
                         );
                         continue;
                     }
-                    if self.cfg.wait_aof {
+                    if self.cfg.wait_aof && self.waitaof.load(Ordering::Relaxed) {
                         let acks: Vec<i64> = redis::cmd("WAITAOF")
                             .arg(1)
                             .arg(0)
@@ -294,7 +316,7 @@ impl RedisStore {
                         if acks.first().copied().unwrap_or(0) < 1 {
                             // The numbers stay reserved (skipped), never handed out undurable.
                             return Err(StoreError::Unavailable(
-                                "reservation not on disk within the timeout".into(),
+                                "WAITAOF: the reservation was not on disk within the timeout (is appendonly on?)".into(),
                             ));
                         }
                     }
