@@ -25,13 +25,13 @@ struct Cli {
 #[derive(Args)]
 struct ConfigArgs {
     /// A TOML file overriding config/default.toml.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Sequence store: embedded, redis or postgres (overrides tracking.sequence_store).
-    #[arg(long, value_name = "STORE")]
+    #[arg(long, global = true, value_name = "STORE")]
     sequence_store: Option<String>,
     /// Redis URL(s) (overrides tracking.redis_url).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL")]
     redis_url: Option<String>,
 }
 
