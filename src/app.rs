@@ -3,6 +3,9 @@
 
 use crate::config::{Settings, ms};
 use crate::http::server::{self, Limits};
+use crate::idempotency::Idempotency;
+use crate::records::writer::{Mode, Recorder, WriterConfig};
+use crate::records::{RecordSink, embedded as embedded_records, postgres as postgres_records};
 use crate::tracking::TrackingService;
 use crate::tracking::allocator::{Allocator, BlockSizing};
 use crate::tracking::permute::Permutation;
@@ -18,6 +21,13 @@ use tokio::net::TcpListener;
 /// State shared by all request handlers.
 pub struct AppState {
     pub tracking: TrackingService,
+    /// Where records are read (lookups); `None` with `records.mode = "off"`.
+    pub record_sink: Option<Arc<dyn RecordSink>>,
+    /// Where records are written; `None` with `records.mode = "off"`.
+    pub recorder: Option<Recorder>,
+    pub idempotency: Idempotency,
+    /// How long a retry waits for the first request with its key to finish.
+    pub idempotency_wait: std::time::Duration,
     /// Set once shutdown has begun: readiness fails and responses close their connection.
     pub draining: AtomicBool,
     pub max_uri_bytes: usize,
@@ -35,6 +45,8 @@ pub enum StartError {
     KeyMismatch(String),
     #[error("tracking.permutation_key is required with a shared sequence store")]
     KeyRequired,
+    #[error("cannot open the embedded database: {0}")]
+    Database(String),
     #[error("cannot start the allocator actor: {0}")]
     Actor(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -88,6 +100,55 @@ impl Application {
         let tracking =
             TrackingService::new(allocator, Permutation::new(&key), ms(t.wait_timeout_ms));
 
+        // The embedded redb file holds records and idempotency keys when nothing shared does.
+        let r = &settings.records;
+        let needs_db =
+            (r.mode != "off" && r.postgres_url.is_empty()) || t.sequence_store != "redis";
+        let db = if needs_db {
+            Some(embedded_records::open(&settings.storage.data_dir).map_err(StartError::Database)?)
+        } else {
+            None
+        };
+        let record_sink: Option<Arc<dyn RecordSink>> = match (r.mode.as_str(), &db) {
+            ("off", _) => None,
+            _ if !r.postgres_url.is_empty() => Some(Arc::new(
+                postgres_records::PostgresRecords::new(&r.postgres_url, ms(t.store_timeout_ms)),
+            )),
+            (_, Some(db)) => Some(Arc::new(embedded_records::EmbeddedRecords::new(
+                Arc::clone(db),
+            ))),
+            (_, None) => None,
+        };
+        let recorder = record_sink.as_ref().map(|sink| {
+            Recorder::start(
+                Arc::clone(sink),
+                WriterConfig {
+                    mode: if r.mode == "durable" {
+                        Mode::Durable
+                    } else {
+                        Mode::Async
+                    },
+                    queue_capacity: r.queue_capacity,
+                    batch_max: r.batch_max,
+                    flush_interval: ms(r.flush_interval_ms),
+                    wait_timeout: ms(r.wait_timeout_ms),
+                },
+            )
+        });
+        let idempotency = match (&db, t.sequence_store.as_str()) {
+            (_, "redis") => Idempotency::redis(
+                t.redis_url
+                    .split(',')
+                    .map(|u| u.trim().to_owned())
+                    .collect(),
+                t.redis_cluster,
+                &t.redis_key_prefix,
+                ms(t.store_timeout_ms),
+            ),
+            (Some(db), _) => Idempotency::embedded(Arc::clone(db)),
+            (None, _) => unreachable!("the embedded database is opened unless Redis is configured"),
+        };
+
         let addr = settings.listen_addr();
         let listener = TcpListener::bind(addr)
             .await
@@ -103,6 +164,10 @@ impl Application {
         };
         let state = Arc::new(AppState {
             tracking,
+            record_sink,
+            recorder,
+            idempotency,
+            idempotency_wait: ms(r.wait_timeout_ms),
             draining: AtomicBool::new(false),
             max_uri_bytes: s.max_uri_bytes,
             retry_after_secs: t.retry_after_secs,
@@ -135,6 +200,9 @@ impl Application {
             shutdown,
         )
         .await;
+        if let Some(recorder) = &self.state.recorder {
+            recorder.shutdown().await;
+        }
         for (cell, handle) in self.actors {
             cell.stop(None);
             let _ = handle.await;

@@ -17,6 +17,7 @@ const ENV_PREFIX: &str = "TRACKD_";
 pub struct Settings {
     pub server: ServerSettings,
     pub tracking: TrackingSettings,
+    pub records: RecordsSettings,
     pub storage: StorageSettings,
     pub log: LogSettings,
 }
@@ -33,6 +34,30 @@ pub struct ServerSettings {
     pub idle_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
     pub shutdown_linger_ms: u64,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsSettings {
+    pub mode: String,
+    pub postgres_url: String,
+    pub flush_interval_ms: u64,
+    pub batch_max: usize,
+    pub queue_capacity: usize,
+    pub wait_timeout_ms: u64,
+}
+
+impl std::fmt::Debug for RecordsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordsSettings")
+            .field("mode", &self.mode)
+            .field("postgres_url", &redact_url(&self.postgres_url))
+            .field("flush_interval_ms", &self.flush_interval_ms)
+            .field("batch_max", &self.batch_max)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("wait_timeout_ms", &self.wait_timeout_ms)
+            .finish()
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -299,6 +324,29 @@ impl Settings {
         }
         if t.block_max > 100_000_000 {
             e.push("tracking.block_max: at most 100000000".into());
+        }
+        let r = &self.records;
+        if !matches!(r.mode.as_str(), "async" | "durable" | "off") {
+            e.push(format!(
+                "records.mode: '{}' is not one of: async, durable, off",
+                r.mode
+            ));
+        }
+        if !r.postgres_url.is_empty() && r.postgres_url.parse::<tokio_postgres::Config>().is_err() {
+            e.push(
+                "records.postgres_url: not a valid PostgreSQL connection string (value not shown)"
+                    .into(),
+            );
+        }
+        for (key, v) in [
+            ("records.flush_interval_ms", r.flush_interval_ms),
+            ("records.batch_max", r.batch_max as u64),
+            ("records.queue_capacity", r.queue_capacity as u64),
+            ("records.wait_timeout_ms", r.wait_timeout_ms),
+        ] {
+            if v == 0 {
+                e.push(format!("{key}: must be greater than 0"));
+            }
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             e.push("storage.data_dir: must not be empty".into());

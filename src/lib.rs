@@ -8,11 +8,15 @@
 //! - [`tracking`]: the number format ([`tracking::number`]), the keyed permutation
 //!   ([`tracking::permute`]), order validation ([`tracking::order`]), the allocator actor
 //!   ([`tracking::allocator`]) and the sequence stores ([`tracking::store`]).
+//! - [`records`]: issuance records (writer task, PostgreSQL and embedded record stores).
+//! - [`idempotency`]: `Idempotency-Key` replay in Redis or the embedded store.
 //! - [`telemetry`]: log set-up.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod idempotency;
+pub mod records;
 pub mod telemetry;
 pub mod tracking;

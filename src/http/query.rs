@@ -39,6 +39,16 @@ impl<'a> Query<'a> {
         Self { pairs }
     }
 
+    /// Parameters given as already-decoded pairs (e.g. the fields of a JSON body).
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Query<'static> {
+        Query {
+            pairs: pairs
+                .into_iter()
+                .map(|(k, v)| (Cow::Owned(k), Ok(Cow::Owned(v))))
+                .collect(),
+        }
+    }
+
     /// Looks up a parameter that must appear at most once.
     pub fn get(&self, name: &str) -> Param<'_> {
         let mut found = None;

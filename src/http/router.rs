@@ -4,6 +4,7 @@
 use super::response::{self, Body};
 use super::tracking;
 use crate::app::AppState;
+use crate::records::writer::Mode;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -40,7 +41,21 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
             if method != Method::GET {
                 return response::method_not_allowed(method, "GET");
             }
-            tracking::next_tracking_number(req.uri().query(), state).await
+            tracking::next_tracking_number(req.uri().query(), req.headers(), state).await
+        }
+        "/api/tracking-numbers" => {
+            if method != Method::POST {
+                return response::method_not_allowed(method, "POST");
+            }
+            let (parts, body) = req.into_parts();
+            tracking::issue_batch(body, &parts.headers, state).await
+        }
+        _ if path.starts_with("/api/tracking-numbers/") => {
+            if let Some(r) = read_only(method) {
+                return r;
+            }
+            let number = &path["/api/tracking-numbers/".len()..];
+            tracking::lookup(number, state).await
         }
         "/healthz" => read_only(method)
             .unwrap_or_else(|| response::json(StatusCode::OK, &json!({"status": "ok"}))),
@@ -59,7 +74,9 @@ fn readiness(state: &AppState) -> Response<Body> {
     let draining = state.draining.load(Ordering::Relaxed);
     let alloc = state.tracking.allocator();
     let tracking_ok = alloc.is_ready();
-    let ready = tracking_ok && !draining;
+    let records = state.recorder.as_ref();
+    let records_error = records.and_then(|r| r.last_error());
+    let ready = tracking_ok && records_error.is_none() && !draining;
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },
         "draining": draining,
@@ -71,7 +88,19 @@ fn readiness(state: &AppState) -> Response<Body> {
                 "buffered_numbers": alloc.buffered(),
                 "store_detail": alloc.store_report(),
                 "store_error": (!alloc.store_healthy()).then(|| alloc.last_error()).flatten(),
-            }
+            },
+            "records": match records {
+                None => json!({"ok": true, "mode": "off"}),
+                Some(r) => json!({
+                    "ok": records_error.is_none(),
+                    "mode": if r.mode() == Mode::Durable { "durable" } else { "async" },
+                    "store": r.sink_kind(),
+                    "queued": r.stats().queued.load(Ordering::Relaxed),
+                    "written": r.stats().written.load(Ordering::Relaxed),
+                    "error": records_error,
+                }),
+            },
+            "idempotency": {"store": state.idempotency.kind()}
         }
     });
     let status = if ready {

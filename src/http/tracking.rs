@@ -1,11 +1,25 @@
-//! `GET /api/next-tracking-number/`: validate the order, issue a number, answer 201.
+//! Issuing numbers over HTTP: `GET /api/next-tracking-number/` (one number) and
+//! `POST /api/tracking-numbers` (a label run of up to 1,000), both recorded and both safe to
+//! retry with an `Idempotency-Key`; and `GET /api/tracking-numbers/<number>` (the record).
 
 use super::query::Query;
 use super::response::{self, Body, rfc3339_micros};
 use crate::app::AppState;
-use crate::tracking::order::Order;
+use crate::idempotency::{self, Begin};
+use crate::records::Record;
+use crate::tracking::number::TrackingNumber;
+use crate::tracking::order::{FieldErrors, Order};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
+
+/// Largest accepted `POST /api/tracking-numbers` body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest label run.
+pub const MAX_COUNT: u64 = 1000;
 
 #[derive(Serialize)]
 struct IssuedBody<'a> {
@@ -16,29 +30,328 @@ struct IssuedBody<'a> {
     created_at: String,
 }
 
-pub async fn next_tracking_number(query: Option<&str>, state: &AppState) -> Response<Body> {
+#[derive(Serialize)]
+struct BatchBody<'a> {
+    count: usize,
+    tracking_numbers: Vec<&'a str>,
+    customer_id: &'a str,
+    origin_country_id: &'a str,
+    destination_country_id: &'a str,
+    created_at: String,
+}
+
+/// `GET /api/next-tracking-number/`.
+pub async fn next_tracking_number(
+    query: Option<&str>,
+    headers: &HeaderMap,
+    state: &AppState,
+) -> Response<Body> {
     let order = match Order::from_query(&Query::parse(query)) {
         Ok(o) => o,
         Err(errors) => return response::json(StatusCode::BAD_REQUEST, &errors),
     };
-    match state.tracking.issue(&order).await {
-        Ok(issued) => {
-            let mut uuid_buf = uuid::Uuid::encode_buffer();
-            let body = IssuedBody {
-                tracking_number: issued.number.as_str(),
-                customer_id: order.customer_id.hyphenated().encode_lower(&mut uuid_buf),
-                origin_country_id: order.origin.as_str(),
-                destination_country_id: order.destination.as_str(),
-                created_at: rfc3339_micros(issued.issued_at),
-            };
-            response::json(StatusCode::CREATED, &body)
+    idempotent(headers, state, fingerprint("GET", &order, None), || {
+        issue(state, &order, None)
+    })
+    .await
+}
+
+/// `POST /api/tracking-numbers`: the GET's fields as a JSON object, plus optional `count`.
+pub async fn issue_batch(body: Incoming, headers: &HeaderMap, state: &AppState) -> Response<Body> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/json") {
+            return response::detail(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type must be application/json.",
+            );
         }
+    }
+    let bytes = match read_body(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let (order, count) = match parse_batch(&bytes) {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    idempotent(
+        headers,
+        state,
+        fingerprint("POST", &order, Some(count)),
+        || issue(state, &order, Some(count)),
+    )
+    .await
+}
+
+/// `GET /api/tracking-numbers/<number>`.
+pub async fn lookup(raw: &str, state: &AppState) -> Response<Body> {
+    let number = match TrackingNumber::parse(&raw.to_ascii_uppercase()) {
+        Ok(n) => n,
         Err(e) => {
-            tracing::warn!(reason = %e.reason, "no tracking number available");
+            let mut errors = FieldErrors::default();
+            errors.add(
+                "tracking_number",
+                format!("Not a valid tracking number: {e}."),
+            );
+            return response::json(StatusCode::BAD_REQUEST, &errors);
+        }
+    };
+    let Some(sink) = &state.record_sink else {
+        return response::detail(
+            StatusCode::NOT_FOUND,
+            "Not found: this instance does not record issued numbers (records.mode = \"off\").",
+        );
+    };
+    match sink.lookup(&number).await {
+        Ok(Some(record)) => response::json(StatusCode::OK, &record),
+        Ok(None) => response::detail(
+            StatusCode::NOT_FOUND,
+            "No tracking number like this was issued (or its record is not written yet).",
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "record lookup failed");
             response::unavailable(
-                "No tracking numbers are available right now: the sequence store cannot be reached. Retry later.",
+                "The record store cannot be reached. Retry later.",
                 state.retry_after_secs,
             )
         }
     }
+}
+
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+    let too_large = || {
+        response::detail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("Request body too large: at most {limit} bytes."),
+        )
+    };
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(response::detail(
+            StatusCode::BAD_REQUEST,
+            "The request body could not be read.",
+        )),
+    }
+}
+
+/// The order fields as text (a JSON number is taken as written), and `count`.
+// The error is the early response itself, built once per bad request: boxing it buys nothing.
+#[allow(clippy::result_large_err)]
+fn parse_batch(bytes: &[u8]) -> Result<(Order, u64), Response<Body>> {
+    const FIELDS: [&str; 7] = [
+        "origin_country_id",
+        "destination_country_id",
+        "weight",
+        "created_at",
+        "customer_id",
+        "customer_name",
+        "customer_slug",
+    ];
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        response::detail(
+            StatusCode::BAD_REQUEST,
+            &format!("Malformed JSON body: {e}."),
+        )
+    })?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(response::detail(
+            StatusCode::BAD_REQUEST,
+            "The JSON body must be an object.",
+        ));
+    };
+    let mut type_errors = FieldErrors::default();
+    let mut pairs = Vec::new();
+    for name in FIELDS {
+        match map.get(name) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(s)) => pairs.push((name.to_owned(), s.clone())),
+            Some(serde_json::Value::Number(n)) if name == "weight" => {
+                pairs.push((name.to_owned(), n.to_string()))
+            }
+            Some(_) => type_errors.add(name, "Must be a string."),
+        }
+    }
+    let count = match map.get("count") {
+        None | Some(serde_json::Value::Null) => Some(1),
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=MAX_COUNT).contains(&n) => Some(n),
+            _ => {
+                type_errors.add(
+                    "count",
+                    format!("Must be a whole number from 1 to {MAX_COUNT}."),
+                );
+                None
+            }
+        },
+    };
+    let order = Order::from_query(&Query::from_pairs(pairs));
+    match (order, count) {
+        (Ok(order), Some(count)) if type_errors.is_empty() => Ok((order, count)),
+        (order, _) => {
+            let mut errors = order.err().unwrap_or_default();
+            for field in type_errors.fields().collect::<Vec<_>>() {
+                // A field of the wrong type was left out above, so it reads as "required":
+                // report the type instead.
+                errors.replace(field, type_errors.messages(field).unwrap_or(&[]).to_vec());
+            }
+            Err(response::json(StatusCode::BAD_REQUEST, &errors))
+        }
+    }
+}
+
+/// The normalised request a key stands for: a retry must carry exactly these parameters.
+fn fingerprint(method: &str, o: &Order, count: Option<u64>) -> String {
+    format!(
+        "{method}|{}|{}|{}|{}|{}|{}|{}|{}",
+        count.map_or(String::new(), |c| c.to_string()),
+        o.origin.as_str(),
+        o.destination.as_str(),
+        o.weight.grams(),
+        o.created_at.map(rfc3339_micros).unwrap_or_default(),
+        o.customer_id,
+        o.customer_name.as_str(),
+        o.customer_slug.as_str(),
+    )
+}
+
+/// Runs `answer` once per `Idempotency-Key` (if the request has one) and replays its answer.
+async fn idempotent<F, Fut>(
+    headers: &HeaderMap,
+    state: &AppState,
+    fingerprint: String,
+    answer: F,
+) -> Response<Body>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = (StatusCode, Vec<u8>)>,
+{
+    let Some(raw) = headers.get("idempotency-key") else {
+        let (status, body) = answer().await;
+        return finish(status, body, state);
+    };
+    let key = match raw.to_str() {
+        Ok(k) if idempotency::valid_key(k) => k,
+        _ => {
+            return response::detail(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key must be 1 to 255 visible ASCII characters.",
+            );
+        }
+    };
+    let store = &state.idempotency;
+    match store.begin(key, &fingerprint, state.idempotency_wait).await {
+        Err(e) => {
+            tracing::warn!(error = %e, "idempotency store unavailable");
+            response::unavailable(
+                "Idempotency keys cannot be checked right now: their store cannot be reached. Retry later.",
+                state.retry_after_secs,
+            )
+        }
+        Ok(Begin::Replay { status, body }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
+            let mut r = response::json_bytes(status, body.into_bytes());
+            r.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            r
+        }
+        Ok(Begin::Conflict) => response::detail(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "This Idempotency-Key was already used with other parameters: use a new key for a new request.",
+        ),
+        Ok(Begin::InProgress) => {
+            let mut r = response::detail(
+                StatusCode::CONFLICT,
+                "A request with this Idempotency-Key is still being answered. Retry shortly.",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+            r
+        }
+        Ok(Begin::Fresh) => {
+            let (status, body) = answer().await;
+            let kept = if status == StatusCode::CREATED {
+                let text = String::from_utf8_lossy(&body);
+                store
+                    .complete(key, &fingerprint, status.as_u16(), &text)
+                    .await
+            } else {
+                store.abandon(key).await
+            };
+            if let Err(e) = kept {
+                // The answer stands; a retry may then be answered anew.
+                tracing::error!(error = %e, "could not remember an idempotency key");
+            }
+            finish(status, body, state)
+        }
+    }
+}
+
+fn finish(status: StatusCode, body: Vec<u8>, state: &AppState) -> Response<Body> {
+    let mut r = response::json_bytes(status, body);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(state.retry_after_secs),
+        );
+    }
+    r
+}
+
+fn unavailable_body(msg: &str) -> (StatusCode, Vec<u8>) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::to_vec(&serde_json::json!({ "detail": msg })).unwrap_or_default(),
+    )
+}
+
+/// Issues `count` numbers (or one, answered in the single-number shape), records them, and
+/// returns the 201 (or the 503) as status and body.
+async fn issue(state: &AppState, order: &Order, count: Option<u64>) -> (StatusCode, Vec<u8>) {
+    let n = count.unwrap_or(1);
+    let mut issued = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        match state.tracking.issue(order).await {
+            Ok(i) => issued.push(i),
+            Err(e) => {
+                // Numbers already taken for this request are skipped, never reissued.
+                tracing::warn!(reason = %e.reason, "no tracking number available");
+                return unavailable_body(
+                    "No tracking numbers are available right now: the sequence store cannot be reached. Retry later.",
+                );
+            }
+        }
+    }
+    if let Some(recorder) = &state.recorder {
+        let records = issued.iter().map(|i| Record::new(order, i)).collect();
+        if let Err(e) = recorder.record(records).await {
+            tracing::warn!(error = %e, "numbers not recorded: not issued");
+            return unavailable_body(
+                "Issued numbers cannot be recorded right now: the record store is behind or unreachable. Retry later.",
+            );
+        }
+    }
+    let mut uuid_buf = uuid::Uuid::encode_buffer();
+    let customer_id = order.customer_id.hyphenated().encode_lower(&mut uuid_buf);
+    let created_at = rfc3339_micros(issued[0].issued_at);
+    let body = match count {
+        None => serde_json::to_vec(&IssuedBody {
+            tracking_number: issued[0].number.as_str(),
+            customer_id,
+            origin_country_id: order.origin.as_str(),
+            destination_country_id: order.destination.as_str(),
+            created_at,
+        }),
+        Some(_) => serde_json::to_vec(&BatchBody {
+            count: issued.len(),
+            tracking_numbers: issued.iter().map(|i| i.number.as_str()).collect(),
+            customer_id,
+            origin_country_id: order.origin.as_str(),
+            destination_country_id: order.destination.as_str(),
+            created_at,
+        }),
+    };
+    (StatusCode::CREATED, body.unwrap_or_default())
 }

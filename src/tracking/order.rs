@@ -151,6 +151,14 @@ impl FieldErrors {
         }
     }
 
+    /// Sets a field's messages, replacing any it had.
+    pub fn replace(&mut self, field: &'static str, msgs: Vec<String>) {
+        match self.0.iter_mut().find(|(f, _)| *f == field) {
+            Some((_, m)) => *m = msgs,
+            None => self.0.push((field, msgs)),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -2,6 +2,7 @@
 //! binary for signal tests), each test with its own data directory.
 
 mod helpers;
+mod records;
 mod server;
 mod servers;
 mod stores;

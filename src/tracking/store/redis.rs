@@ -57,7 +57,8 @@ pub struct RedisConfig {
     pub key_fingerprint: String,
 }
 
-enum Conn {
+/// A connection to a single Redis or a Redis Cluster (also used by the idempotency keys).
+pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -86,6 +87,30 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => c.get_db(),
         }
     }
+}
+
+/// Connects to one Redis (reconnecting by itself) or to a cluster given its seed nodes.
+pub(crate) async fn connect(
+    urls: &[String],
+    cluster: bool,
+    timeout: Duration,
+) -> redis::RedisResult<Conn> {
+    Ok(if cluster {
+        let client = ClusterClient::builder(urls.to_vec())
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(1)
+            .build()?;
+        Conn::Cluster(client.get_async_connection().await?)
+    } else {
+        let client = redis::Client::open(urls[0].as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        Conn::Single(client.get_connection_manager_with_config(config).await?)
+    })
 }
 
 /// Health of one shard counter.
@@ -136,30 +161,9 @@ impl RedisStore {
     }
 
     async fn connect(&self) -> Result<Conn, StoreError> {
-        let unavailable = |e: redis::RedisError| StoreError::Unavailable(format!("redis: {e}"));
-        let conn = if self.cfg.cluster {
-            let client = ClusterClient::builder(self.cfg.urls.clone())
-                .connection_timeout(self.cfg.timeout)
-                .response_timeout(self.cfg.timeout)
-                .retries(1)
-                .build()
-                .map_err(unavailable)?;
-            Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
-        } else {
-            let client = redis::Client::open(self.cfg.urls[0].as_str()).map_err(unavailable)?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(self.cfg.timeout))
-                .set_response_timeout(Some(self.cfg.timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_millis(500));
-            Conn::Single(
-                client
-                    .get_connection_manager_with_config(config)
-                    .await
-                    .map_err(unavailable)?,
-            )
-        };
-        Ok(conn)
+        connect(&self.cfg.urls, self.cfg.cluster, self.cfg.timeout)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))
     }
 
     /// Checks that the deployment's recorded shard count and key fingerprint match ours.

@@ -1,0 +1,91 @@
+//! The embedded record store: a redb database (`trackd.redb` in the data directory) holding
+//! the records by number and the idempotency keys; every batch is one fsync'd transaction.
+
+use super::{Record, RecordSink, SinkError, SinkFuture};
+use crate::tracking::number::TrackingNumber;
+use redb::{Database, ReadableDatabase, TableDefinition};
+use std::path::Path;
+use std::sync::Arc;
+
+/// number → the lookup body (JSON).
+pub const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+
+/// Opens (or creates) the data directory's redb file, shared by records and idempotency keys.
+pub fn open(data_dir: &Path) -> Result<Arc<Database>, String> {
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let path = data_dir.join("trackd.redb");
+    let db = Database::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Create the tables once so that readers never find them missing.
+    let tx = db.begin_write().map_err(|e| e.to_string())?;
+    tx.open_table(RECORDS).map_err(|e| e.to_string())?;
+    tx.open_table(crate::idempotency::IDEMPOTENCY)
+        .map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())?;
+    Ok(Arc::new(db))
+}
+
+pub struct EmbeddedRecords {
+    db: Arc<Database>,
+}
+
+impl EmbeddedRecords {
+    pub fn new(db: Arc<Database>) -> Self {
+        Self { db }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> SinkError {
+    SinkError::Unavailable(format!("redb: {e}"))
+}
+
+impl RecordSink for EmbeddedRecords {
+    fn write<'a>(&'a self, batch: &'a [Record], _retry: bool) -> SinkFuture<'a, ()> {
+        // Inserting is idempotent (same key, same value), so a retry needs nothing special.
+        let rows: Vec<(String, Vec<u8>)> = batch
+            .iter()
+            .map(|r| {
+                (
+                    r.number.as_str().to_owned(),
+                    serde_json::to_vec(&r.to_json()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let db = Arc::clone(&self.db);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let tx = db.begin_write().map_err(unavailable)?;
+                {
+                    let mut t = tx.open_table(RECORDS).map_err(unavailable)?;
+                    for (k, v) in &rows {
+                        t.insert(k.as_str(), v.as_slice()).map_err(unavailable)?;
+                    }
+                }
+                tx.commit().map_err(unavailable)
+            })
+            .await
+            .map_err(unavailable)?
+        })
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        number: &'a TrackingNumber,
+    ) -> SinkFuture<'a, Option<serde_json::Value>> {
+        let db = Arc::clone(&self.db);
+        let key = number.as_str().to_owned();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let tx = db.begin_read().map_err(unavailable)?;
+                let t = tx.open_table(RECORDS).map_err(unavailable)?;
+                let v = t.get(key.as_str()).map_err(unavailable)?;
+                Ok(v.and_then(|v| serde_json::from_slice(v.value()).ok()))
+            })
+            .await
+            .map_err(unavailable)?
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+}

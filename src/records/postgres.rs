@@ -1,0 +1,187 @@
+//! The PostgreSQL record store: table `tracking_numbers` keyed by the number, filled by binary
+//! `COPY` (one statement per batch; a retried batch goes through a staging table with
+//! `ON CONFLICT DO NOTHING`, since the failed attempt may have committed).
+
+use super::{Record, RecordSink, SinkError, SinkFuture};
+use crate::tracking::number::TrackingNumber;
+use std::time::Duration;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, NoTls};
+
+pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tracking_numbers (
+    tracking_number char(16) PRIMARY KEY,
+    customer_id uuid NOT NULL,
+    customer_name text NOT NULL,
+    customer_slug text NOT NULL,
+    origin_country_id char(2) NOT NULL,
+    destination_country_id char(2) NOT NULL,
+    weight_grams integer NOT NULL CHECK (weight_grams > 0),
+    order_created_at timestamptz,
+    issued_at timestamptz NOT NULL
+)";
+
+const COLUMNS: &str = "tracking_number, customer_id, customer_name, customer_slug, \
+    origin_country_id, destination_country_id, weight_grams, order_created_at, issued_at";
+
+const TYPES: [Type; 9] = [
+    Type::BPCHAR,
+    Type::UUID,
+    Type::TEXT,
+    Type::TEXT,
+    Type::BPCHAR,
+    Type::BPCHAR,
+    Type::INT4,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+];
+
+pub struct PostgresRecords {
+    url: String,
+    timeout: Duration,
+    writer: tokio::sync::Mutex<Option<Client>>,
+    reader: tokio::sync::Mutex<Option<Client>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> SinkError {
+    SinkError::Unavailable(format!("postgres: {e}"))
+}
+
+impl PostgresRecords {
+    pub fn new(url: &str, timeout: Duration) -> Self {
+        Self {
+            url: url.to_owned(),
+            timeout,
+            writer: tokio::sync::Mutex::new(None),
+            reader: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn connect(&self) -> Result<Client, SinkError> {
+        let (client, conn) =
+            tokio::time::timeout(self.timeout, tokio_postgres::connect(&self.url, NoTls))
+                .await
+                .map_err(|_| unavailable("connection timed out"))?
+                .map_err(unavailable)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %e, "postgres record-store connection closed");
+            }
+        });
+        client.batch_execute(SCHEMA).await.map_err(unavailable)?;
+        Ok(client)
+    }
+
+    async fn copy(client: &Client, table: &str, batch: &[Record]) -> Result<u64, SinkError> {
+        let sink = client
+            .copy_in(&format!(
+                "COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"
+            ))
+            .await
+            .map_err(unavailable)?;
+        let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &TYPES));
+        for r in batch {
+            let weight = r.weight_grams as i32;
+            writer
+                .as_mut()
+                .write(&[
+                    &r.number.as_str(),
+                    &r.customer_id,
+                    &r.customer_name,
+                    &r.customer_slug,
+                    &r.origin(),
+                    &r.destination(),
+                    &weight,
+                    &r.order_created_at,
+                    &r.issued_at,
+                ])
+                .await
+                .map_err(unavailable)?;
+        }
+        writer.finish().await.map_err(unavailable)
+    }
+
+    async fn write_batch(&self, batch: &[Record], retry: bool) -> Result<(), SinkError> {
+        let mut guard = self.writer.lock().await;
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            *guard = Some(self.connect().await?);
+        }
+        let client = guard.as_mut().expect("connected above");
+        let result = if retry {
+            async {
+                // One transaction on this connection; on any error the connection is dropped,
+                // which rolls it back.
+                client
+                    .batch_execute(
+                        "BEGIN; CREATE TEMP TABLE IF NOT EXISTS tracking_numbers_staging \
+                         (LIKE tracking_numbers) ON COMMIT DELETE ROWS",
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                Self::copy(client, "tracking_numbers_staging", batch).await?;
+                client
+                    .batch_execute(
+                        "INSERT INTO tracking_numbers SELECT * FROM tracking_numbers_staging \
+                         ON CONFLICT (tracking_number) DO NOTHING; COMMIT",
+                    )
+                    .await
+                    .map_err(unavailable)
+            }
+            .await
+        } else {
+            Self::copy(client, "tracking_numbers", batch)
+                .await
+                .map(drop)
+        };
+        if result.is_err() {
+            *guard = None;
+        }
+        result
+    }
+}
+
+impl RecordSink for PostgresRecords {
+    fn write<'a>(&'a self, batch: &'a [Record], retry: bool) -> SinkFuture<'a, ()> {
+        Box::pin(self.write_batch(batch, retry))
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        number: &'a TrackingNumber,
+    ) -> SinkFuture<'a, Option<serde_json::Value>> {
+        Box::pin(async move {
+            let mut guard = self.reader.lock().await;
+            if guard.as_ref().is_none_or(|c| c.is_closed()) {
+                *guard = Some(self.connect().await?);
+            }
+            let client = guard.as_ref().expect("connected above");
+            let row = tokio::time::timeout(
+                self.timeout * 4,
+                client.query_opt(
+                    &format!("SELECT {COLUMNS} FROM tracking_numbers WHERE tracking_number = $1"),
+                    &[&number.as_str()],
+                ),
+            )
+            .await
+            .map_err(|_| unavailable("lookup timed out"))?
+            .map_err(unavailable)?;
+            Ok(row.map(|row| {
+                let weight: i32 = row.get(6);
+                Record {
+                    number: *number,
+                    customer_id: row.get(1),
+                    customer_name: row.get(2),
+                    customer_slug: row.get(3),
+                    weight_grams: weight as u32,
+                    order_created_at: row.get(7),
+                    issued_at: row.get(8),
+                }
+                .to_json()
+            }))
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+}

@@ -1,0 +1,524 @@
+//! Issuance records, lookup, batch issuance and idempotent retries, against real PostgreSQL
+//! and Redis: every number found in the records with its exact order data, in both modes and
+//! across a SIGKILL in durable mode.
+
+use crate::helpers::{ORDER_QUERY, TrackdProcess, permutation, spawn_app_with};
+use crate::servers::{PgDatabase, RedisServer, run_seq};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use trackd::tracking::country::CountryCode;
+use trackd::tracking::number::TrackingNumber;
+
+/// The order data a client sent, as the record must hold it.
+#[derive(Debug, Clone, PartialEq)]
+struct Sent {
+    origin: String,
+    destination: String,
+    weight: String,
+    customer_id: String,
+    customer_name: String,
+    customer_slug: String,
+    order_created_at: Option<String>,
+}
+
+const COUNTRIES: [&str; 6] = ["MY", "ID", "SG", "DE", "US", "JP"];
+const NAMES: [&str; 4] = [
+    "RedBox Logistics",
+    "Łódź Paczki sp. z o.o.",
+    "東京配送",
+    "A & B",
+];
+
+/// A varied order for request `i`, as a query string and as what the record must show.
+fn order(i: usize) -> (String, Sent) {
+    let sent = Sent {
+        origin: COUNTRIES[i % 6].into(),
+        destination: COUNTRIES[(i / 6) % 6].into(),
+        weight: format!("{}.{:03}", i % 50 + 1, (i * 7) % 1000),
+        customer_id: format!("de619854-b59b-425e-9db4-{:012x}", i % 1000),
+        customer_name: NAMES[i % 4].into(),
+        customer_slug: format!("customer-{}", i % 97),
+        order_created_at: i
+            .is_multiple_of(3)
+            .then(|| "2018-11-20T11:29:32.000000Z".to_owned()),
+    };
+    let mut q = format!(
+        "origin_country_id={}&destination_country_id={}&weight={}&customer_id={}&customer_name={}&customer_slug={}",
+        sent.origin.to_lowercase(),
+        sent.destination,
+        sent.weight,
+        sent.customer_id,
+        urlencode(&sent.customer_name),
+        sent.customer_slug
+    );
+    if sent.order_created_at.is_some() {
+        q.push_str("&created_at=2018-11-20T19:29:32%2B08:00");
+    }
+    (q, sent)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// What a weight string looks like once normalised to grams and back.
+fn normalise_weight(w: &str) -> String {
+    let (kg, g) = w.split_once('.').unwrap_or((w, "0"));
+    let grams: u32 = kg.parse::<u32>().unwrap() * 1000 + format!("{g:0<3}").parse::<u32>().unwrap();
+    format!("{}.{:03}", grams / 1000, grams % 1000)
+}
+
+/// Every record of the database, by number.
+async fn records_in(db_url: &str) -> HashMap<String, Sent> {
+    let (client, conn) = tokio_postgres::connect(db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rows = client
+        .query(
+            "SELECT tracking_number, origin_country_id, destination_country_id, weight_grams, \
+             customer_id::text, customer_name, customer_slug, \
+             to_char(order_created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+             FROM tracking_numbers",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            let grams: i32 = r.get(3);
+            (
+                r.get::<_, String>(0),
+                Sent {
+                    origin: r.get(1),
+                    destination: r.get(2),
+                    weight: format!("{}.{:03}", grams / 1000, grams % 1000),
+                    customer_id: r.get(4),
+                    customer_name: r.get(5),
+                    customer_slug: r.get(6),
+                    order_created_at: r.get(7),
+                },
+            )
+        })
+        .collect()
+}
+
+/// `clients` concurrent clients issue `total` numbers against `addr`; returns number → order.
+async fn load(
+    client: &reqwest::Client,
+    addr: std::net::SocketAddr,
+    total: usize,
+    clients: usize,
+) -> HashMap<String, Sent> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (next, client) = (next.clone(), client.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return got;
+                }
+                let (q, sent) = order(i);
+                let r = client
+                    .get(format!("http://{addr}/api/next-tracking-number/?{q}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201, "{q}");
+                let v: Value = r.json().await.unwrap();
+                got.push((v["tracking_number"].as_str().unwrap().to_owned(), sent));
+            }
+        }));
+    }
+    let mut all = HashMap::with_capacity(total);
+    for t in tasks {
+        for (n, s) in t.await.unwrap() {
+            assert!(all.insert(n.clone(), s).is_none(), "{n} issued twice");
+        }
+    }
+    all
+}
+
+fn expected(sent: &Sent) -> Sent {
+    Sent {
+        weight: normalise_weight(&sent.weight),
+        ..sent.clone()
+    }
+}
+
+async fn every_number_is_recorded_with_its_order(mode: &str) {
+    let db = PgDatabase::create();
+    let url = db.url();
+    let mode_owned = mode.to_owned();
+    let app = spawn_app_with(move |s| {
+        s.records.mode = mode_owned;
+        s.records.postgres_url = url;
+    })
+    .await;
+    let started = Instant::now();
+    let issued = load(&app.client, app.addr, 100_000, 16).await;
+    let took = started.elapsed();
+    if mode == "durable" {
+        // Durable: every 201 was committed before it was sent.
+        assert_eq!(records_in(&db.url()).await.len(), 100_000);
+    }
+    app.stop().await; // async: shutdown flushes the queue
+    let records = records_in(&db.url()).await;
+    assert_eq!(records.len(), issued.len());
+    for (number, sent) in &issued {
+        let rec = records
+            .get(number)
+            .unwrap_or_else(|| panic!("{number} has no record"));
+        assert_eq!(rec, &expected(sent), "{number}");
+    }
+    eprintln!("{mode}: 100,000 numbers issued and recorded in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn async_mode_records_100k_numbers_with_their_exact_order_data() {
+    every_number_is_recorded_with_its_order("async").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn durable_mode_records_100k_numbers_with_their_exact_order_data() {
+    every_number_is_recorded_with_its_order("durable").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_in_durable_mode_loses_no_acknowledged_record() {
+    let db = PgDatabase::create();
+    let tmp = tempfile::tempdir().unwrap();
+    let url = db.url();
+    let proc = TrackdProcess::start(
+        tmp.path(),
+        &[
+            ("TRACKD_RECORDS__MODE", "durable"),
+            ("TRACKD_RECORDS__POSTGRES_URL", url.as_str()),
+        ],
+    );
+    let addr = proc.addr;
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for w in 0..12 {
+        let (received, stop, client) = (received.clone(), stop.clone(), client.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = w * 1_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let (q, sent) = order(i);
+                let Ok(r) = client
+                    .get(format!("http://{addr}/api/next-tracking-number/?{q}"))
+                    .send()
+                    .await
+                else {
+                    return; // killed
+                };
+                if r.status() != 201 {
+                    continue;
+                }
+                let Ok(v) = r.json::<Value>().await else {
+                    return;
+                };
+                let n = v["tracking_number"].as_str().unwrap().to_owned();
+                received.lock().unwrap().push((n, sent));
+            }
+        }));
+    }
+    while received.lock().unwrap().len() < 5_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proc.signal("KILL");
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let received = std::mem::take(&mut *received.lock().unwrap());
+    let records = records_in(&db.url()).await;
+    for (n, sent) in &received {
+        assert_eq!(
+            records.get(n),
+            Some(&expected(sent)),
+            "{n} was answered 201 but has no record"
+        );
+    }
+    eprintln!(
+        "{} acknowledged numbers, all recorded ({} records in all)",
+        received.len(),
+        records.len()
+    );
+}
+
+#[tokio::test]
+async fn lookup_tells_a_typo_from_an_unknown_number() {
+    let app = spawn_app_with(|s| s.records.flush_interval_ms = 10).await;
+    let number = app.issue().await;
+    // Async mode: the record is visible within the flush interval.
+    let t0 = Instant::now();
+    let record = loop {
+        let r = app.get(&format!("/api/tracking-numbers/{number}")).await;
+        if r.status() == 200 {
+            break r.json::<Value>().await.unwrap();
+        }
+        assert_eq!(r.status(), 404);
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "record never written"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        record,
+        json!({
+            "tracking_number": number,
+            "customer_id": "de619854-b59b-425e-9db4-943979e1bd49",
+            "customer_name": "RedBox Logistics",
+            "customer_slug": "redbox-logistics",
+            "origin_country_id": "MY",
+            "destination_country_id": "ID",
+            "weight": "1.234",
+            "order_created_at": "2018-11-20T11:29:32.000000Z",
+            "created_at": record["created_at"],
+        })
+    );
+    // Lower case is the same number.
+    let r = app
+        .get(&format!("/api/tracking-numbers/{}/", number.to_lowercase()))
+        .await;
+    assert_eq!(r.status(), 200);
+
+    // One character changed: the check character catches it.
+    let mut typo = number.clone().into_bytes();
+    typo[7] = if typo[7] == b'A' { b'B' } else { b'A' };
+    let typo = String::from_utf8(typo).unwrap();
+    let r = app.get(&format!("/api/tracking-numbers/{typo}")).await;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    let msg = body["tracking_number"][0].as_str().unwrap();
+    assert!(msg.contains("check character"), "{msg}");
+
+    // Well-formed with a right check character, but never issued.
+    let my = CountryCode::parse("MY").unwrap();
+    let unknown = TrackingNumber::new(my, my, permutation().permute(3_000_000_000_000));
+    let r = app
+        .get(&format!("/api/tracking-numbers/{}", unknown.as_str()))
+        .await;
+    assert_eq!(r.status(), 404);
+    assert!(r.json::<Value>().await.unwrap()["detail"].is_string());
+
+    for bad in ["SHORT", "MYID!!!!!!!!!!!!!", "XXID0000000000000"] {
+        let r = app.get(&format!("/api/tracking-numbers/{bad}")).await;
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let r = app
+        .client
+        .delete(app.url(&format!("/api/tracking-numbers/{number}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    app.stop().await;
+}
+
+fn batch_body(count: Option<u64>) -> Value {
+    let mut v = json!({
+        "origin_country_id": "MY",
+        "destination_country_id": "ID",
+        "weight": 1.25,
+        "customer_id": "de619854-b59b-425e-9db4-943979e1bd49",
+        "customer_name": "RedBox Logistics",
+        "customer_slug": "redbox-logistics",
+    });
+    if let Some(c) = count {
+        v["count"] = json!(c);
+    }
+    v
+}
+
+#[tokio::test]
+async fn batch_issuance_records_every_number_and_rejects_bad_bodies() {
+    let app = spawn_app_with(|s| s.records.mode = "durable".into()).await;
+    let post = |body: String, ct: &'static str| {
+        app.client
+            .post(app.url("/api/tracking-numbers"))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let r = post(batch_body(Some(1000)).to_string(), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["count"], 1000);
+    let numbers: Vec<String> = v["tracking_numbers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect();
+    let distinct: std::collections::HashSet<_> = numbers.iter().collect();
+    assert_eq!(distinct.len(), 1000);
+    // Durable mode: every one is recorded before the 201.
+    for n in numbers.iter().step_by(97) {
+        let r = app.get(&format!("/api/tracking-numbers/{n}")).await;
+        assert_eq!(r.status(), 200, "{n}");
+        assert_eq!(r.json::<Value>().await.unwrap()["weight"], "1.250");
+    }
+    // No count: one number, same shape.
+    let r = post(
+        batch_body(None).to_string(),
+        "application/json; charset=utf-8",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["count"], 1);
+
+    let cases: Vec<(String, u16, &str)> = vec![
+        (batch_body(Some(1001)).to_string(), 400, "count"),
+        (batch_body(Some(0)).to_string(), 400, "count"),
+        ("{\"origin_country_id\": ".into(), 400, "Malformed JSON"),
+        ("[1, 2]".into(), 400, "must be an object"),
+        (
+            json!({"origin_country_id": 5, "weight": "-1", "customer_name": ["x"]}).to_string(),
+            400,
+            "Must be a string",
+        ),
+        (
+            format!("{{\"customer_name\": \"{}\"}}", "x".repeat(70_000)),
+            413,
+            "too large",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let r = post(body.clone(), "application/json").await.unwrap();
+        assert_eq!(r.status(), status, "{}", &body[..body.len().min(80)]);
+        let text = r.text().await.unwrap();
+        assert!(text.contains(needle), "{text}");
+        assert!(serde_json::from_str::<Value>(&text).is_ok());
+    }
+    let r = post(batch_body(None).to_string(), "text/plain")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = app.get("/api/tracking-numbers").await;
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotency_key_gets_the_same_number_from_two_instances() {
+    let redis = RedisServer::start();
+    let db = PgDatabase::create();
+    let tmp = tempfile::tempdir().unwrap();
+    let env: Vec<(String, String)> = [
+        ("TRACKD_TRACKING__SEQUENCE_STORE", "redis".to_owned()),
+        ("TRACKD_TRACKING__REDIS_URL", redis.url()),
+        ("TRACKD_RECORDS__POSTGRES_URL", db.url()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.clone()))
+    .collect();
+    let (ok, out) = run_seq(&["init"], &env, tmp.path());
+    assert!(ok, "{out}");
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let a = TrackdProcess::start(&tmp.path().join("a"), &pairs);
+    let b = TrackdProcess::start(&tmp.path().join("b"), &pairs);
+    let client = reqwest::Client::new();
+    let get =
+        |url: String, key: &'static str| client.get(url).header("Idempotency-Key", key).send();
+
+    let path = format!("/api/next-tracking-number/?{ORDER_QUERY}");
+    let first = get(a.url(&path), "order-7781-label").await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let retry = get(b.url(&path), "order-7781-label").await.unwrap();
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(retry.json::<Value>().await.unwrap(), first);
+
+    // Concurrent first requests with one key, on both instances: one number.
+    let path2 = path.clone();
+    let mut answers = Vec::new();
+    for i in 0..10 {
+        let url = if i % 2 == 0 {
+            a.url(&path2)
+        } else {
+            b.url(&path2)
+        };
+        answers.push(get(url, "concurrent-key"));
+    }
+    let mut numbers = std::collections::HashSet::new();
+    for r in futures_join(answers).await {
+        let r = r.unwrap();
+        if r.status() == 201 {
+            numbers.insert(r.json::<Value>().await.unwrap()["tracking_number"].clone());
+        } else {
+            assert_eq!(r.status(), 409, "in progress at most");
+        }
+    }
+    assert_eq!(numbers.len(), 1, "{numbers:?}");
+
+    // Same key, other parameters: 422; a bad key: 400.
+    let other = path.replace("weight=1.234", "weight=2");
+    let r = get(b.url(&other), "order-7781-label").await.unwrap();
+    assert_eq!(r.status(), 422);
+    let r = client
+        .get(a.url(&path))
+        .header("Idempotency-Key", "")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // POST with a key: replayed too, and the numbers are recorded once.
+    let post = |url: String| {
+        client
+            .post(url)
+            .header("Idempotency-Key", "label-run-1")
+            .json(&batch_body(Some(5)))
+            .send()
+    };
+    let p1: Value = post(a.url("/api/tracking-numbers"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let p2: Value = post(b.url("/api/tracking-numbers"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p1, p2);
+    assert_eq!(p1["count"], 5);
+}
+
+/// Awaits all futures concurrently.
+async fn futures_join<F>(fs: Vec<F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
