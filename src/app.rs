@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use tokio::net::TcpListener;
 
+/// Concurrent record writers in durable mode (and PostgreSQL connections they use).
+const RECORD_WRITERS: usize = 4;
+
 /// State shared by all request handlers.
 pub struct AppState {
     pub tracking: TrackingService,
@@ -111,9 +114,13 @@ impl Application {
         };
         let record_sink: Option<Arc<dyn RecordSink>> = match (r.mode.as_str(), &db) {
             ("off", _) => None,
-            _ if !r.postgres_url.is_empty() => Some(Arc::new(
-                postgres_records::PostgresRecords::new(&r.postgres_url, ms(t.store_timeout_ms)),
-            )),
+            _ if !r.postgres_url.is_empty() => {
+                Some(Arc::new(postgres_records::PostgresRecords::new(
+                    &r.postgres_url,
+                    ms(t.store_timeout_ms),
+                    RECORD_WRITERS,
+                )))
+            }
             (_, Some(db)) => Some(Arc::new(embedded_records::EmbeddedRecords::new(
                 Arc::clone(db),
             ))),
@@ -132,6 +139,11 @@ impl Application {
                     batch_max: r.batch_max,
                     flush_interval: ms(r.flush_interval_ms),
                     wait_timeout: ms(r.wait_timeout_ms),
+                    writers: if r.mode == "durable" {
+                        RECORD_WRITERS
+                    } else {
+                        1
+                    },
                 },
             )
         });

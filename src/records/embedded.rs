@@ -7,7 +7,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
 
-/// number → the lookup body (JSON).
+/// number → [`Record::encode`].
 pub const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 
 /// Opens (or creates) the data directory's redb file, shared by records and idempotency keys.
@@ -39,25 +39,18 @@ fn unavailable(e: impl std::fmt::Display) -> SinkError {
 }
 
 impl RecordSink for EmbeddedRecords {
-    fn write<'a>(&'a self, batch: &'a [Record], _retry: bool) -> SinkFuture<'a, ()> {
+    fn write(&self, batch: Arc<Vec<Record>>, _retry: bool) -> SinkFuture<'_, ()> {
         // Inserting is idempotent (same key, same value), so a retry needs nothing special.
-        let rows: Vec<(String, Vec<u8>)> = batch
-            .iter()
-            .map(|r| {
-                (
-                    r.number.as_str().to_owned(),
-                    serde_json::to_vec(&r.to_json()).unwrap_or_default(),
-                )
-            })
-            .collect();
+        // Encoding and the commit both run on a blocking thread, off the request workers.
         let db = Arc::clone(&self.db);
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let tx = db.begin_write().map_err(unavailable)?;
                 {
                     let mut t = tx.open_table(RECORDS).map_err(unavailable)?;
-                    for (k, v) in &rows {
-                        t.insert(k.as_str(), v.as_slice()).map_err(unavailable)?;
+                    for r in batch.iter() {
+                        t.insert(r.number.as_str(), r.encode().as_slice())
+                            .map_err(unavailable)?;
                     }
                 }
                 tx.commit().map_err(unavailable)
@@ -72,13 +65,14 @@ impl RecordSink for EmbeddedRecords {
         number: &'a TrackingNumber,
     ) -> SinkFuture<'a, Option<serde_json::Value>> {
         let db = Arc::clone(&self.db);
-        let key = number.as_str().to_owned();
+        let number = *number;
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let tx = db.begin_read().map_err(unavailable)?;
                 let t = tx.open_table(RECORDS).map_err(unavailable)?;
-                let v = t.get(key.as_str()).map_err(unavailable)?;
-                Ok(v.and_then(|v| serde_json::from_slice(v.value()).ok()))
+                let v = t.get(number.as_str()).map_err(unavailable)?;
+                Ok(v.and_then(|v| Record::decode(number, v.value()))
+                    .map(|r| r.to_json()))
             })
             .await
             .map_err(unavailable)?

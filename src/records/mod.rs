@@ -12,6 +12,7 @@ use crate::tracking::number::TrackingNumber;
 use crate::tracking::order::Order;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -67,6 +68,76 @@ impl Record {
     }
 }
 
+fn micros(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1000) as i64
+}
+
+fn from_micros(us: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000).ok()
+}
+
+impl Record {
+    /// A compact binary form for the embedded store (the number is the key):
+    /// version, customer id, grams, issue and order instants (µs), name, slug.
+    pub fn encode(&self) -> Vec<u8> {
+        let (name, slug) = (self.customer_name.as_bytes(), self.customer_slug.as_bytes());
+        let mut b = Vec::with_capacity(1 + 16 + 4 + 8 + 9 + 4 + name.len() + slug.len());
+        b.push(1);
+        b.extend_from_slice(self.customer_id.as_bytes());
+        b.extend_from_slice(&self.weight_grams.to_le_bytes());
+        b.extend_from_slice(&micros(self.issued_at).to_le_bytes());
+        match self.order_created_at {
+            Some(t) => {
+                b.push(1);
+                b.extend_from_slice(&micros(t).to_le_bytes());
+            }
+            None => b.push(0),
+        }
+        b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        b.extend_from_slice(name);
+        b.extend_from_slice(&(slug.len() as u16).to_le_bytes());
+        b.extend_from_slice(slug);
+        b
+    }
+
+    /// The inverse of [`Record::encode`]; `None` for bytes it did not write.
+    pub fn decode(number: TrackingNumber, b: &[u8]) -> Option<Self> {
+        fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (head, tail) = b.split_at_checked(n)?;
+            *b = tail;
+            Some(head)
+        }
+        let mut b = b;
+        if take(&mut b, 1)? != [1] {
+            return None;
+        }
+        let customer_id = Uuid::from_slice(take(&mut b, 16)?).ok()?;
+        let weight_grams = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?);
+        let issued_at = from_micros(i64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?))?;
+        let order_created_at = match take(&mut b, 1)? {
+            [1] => Some(from_micros(i64::from_le_bytes(
+                take(&mut b, 8)?.try_into().ok()?,
+            ))?),
+            _ => None,
+        };
+        let text = |b: &mut &[u8]| -> Option<String> {
+            let n = u16::from_le_bytes(take(b, 2)?.try_into().ok()?) as usize;
+            String::from_utf8(take(b, n)?.to_vec()).ok()
+        };
+        let customer_name = text(&mut b)?;
+        let customer_slug = text(&mut b)?;
+        Some(Self {
+            number,
+            customer_id,
+            customer_name,
+            customer_slug,
+            weight_grams,
+            order_created_at,
+            issued_at,
+        })
+    }
+}
+
 /// Grams as the contract's kilograms: `1234` → `"1.234"`.
 pub fn format_weight(grams: u32) -> String {
     format!("{}.{:03}", grams / 1000, grams % 1000)
@@ -87,7 +158,7 @@ pub trait RecordSink: Send + Sync + 'static {
     /// Writes a batch in one transaction. `retry` is set when an earlier attempt of the same
     /// batch failed and may in fact have committed: the sink must then tolerate records that
     /// are already present.
-    fn write<'a>(&'a self, batch: &'a [Record], retry: bool) -> SinkFuture<'a, ()>;
+    fn write(&self, batch: Arc<Vec<Record>>, retry: bool) -> SinkFuture<'_, ()>;
 
     /// The record of a number, as the lookup's JSON body.
     fn lookup<'a>(
@@ -101,6 +172,27 @@ pub trait RecordSink: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_round_trip_through_the_binary_form() {
+        let number = TrackingNumber::parse("MYIDDJCJY7W05NF0").unwrap();
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_763_000_000_123_456_000).unwrap();
+        for (name, created) in [("Łódź 東京 & Co", Some(t)), ("", None)] {
+            let r = Record {
+                number,
+                customer_id: Uuid::from_u128(0xde619854_b59b_425e_9db4_943979e1bd49),
+                customer_name: name.into(),
+                customer_slug: "redbox-logistics".into(),
+                weight_grams: 9_999_999,
+                order_created_at: created,
+                issued_at: t,
+            };
+            let back = Record::decode(number, &r.encode()).unwrap();
+            assert_eq!(back.to_json(), r.to_json());
+        }
+        assert!(Record::decode(number, &[1, 2, 3]).is_none());
+        assert!(Record::decode(number, &[]).is_none());
+    }
 
     #[test]
     fn weights_print_as_kilograms_with_three_decimals() {

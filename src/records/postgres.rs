@@ -4,6 +4,7 @@
 
 use super::{Record, RecordSink, SinkError, SinkFuture};
 use crate::tracking::number::TrackingNumber;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
@@ -39,7 +40,9 @@ const TYPES: [Type; 9] = [
 pub struct PostgresRecords {
     url: String,
     timeout: Duration,
-    writer: tokio::sync::Mutex<Option<Client>>,
+    /// One connection per concurrent writer (durable mode runs several: their commits
+    /// overlap, and PostgreSQL groups their WAL flushes).
+    writers: Vec<tokio::sync::Mutex<Option<Client>>>,
     reader: tokio::sync::Mutex<Option<Client>>,
 }
 
@@ -48,11 +51,13 @@ fn unavailable(e: impl std::fmt::Display) -> SinkError {
 }
 
 impl PostgresRecords {
-    pub fn new(url: &str, timeout: Duration) -> Self {
+    pub fn new(url: &str, timeout: Duration, connections: usize) -> Self {
         Self {
             url: url.to_owned(),
             timeout,
-            writer: tokio::sync::Mutex::new(None),
+            writers: (0..connections.max(1))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
             reader: tokio::sync::Mutex::new(None),
         }
     }
@@ -102,7 +107,11 @@ impl PostgresRecords {
     }
 
     async fn write_batch(&self, batch: &[Record], retry: bool) -> Result<(), SinkError> {
-        let mut guard = self.writer.lock().await;
+        // A free connection, or wait for the first.
+        let mut guard = match self.writers.iter().find_map(|w| w.try_lock().ok()) {
+            Some(g) => g,
+            None => self.writers[0].lock().await,
+        };
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
             *guard = Some(self.connect().await?);
         }
@@ -141,8 +150,8 @@ impl PostgresRecords {
 }
 
 impl RecordSink for PostgresRecords {
-    fn write<'a>(&'a self, batch: &'a [Record], retry: bool) -> SinkFuture<'a, ()> {
-        Box::pin(self.write_batch(batch, retry))
+    fn write(&self, batch: Arc<Vec<Record>>, retry: bool) -> SinkFuture<'_, ()> {
+        Box::pin(async move { self.write_batch(&batch, retry).await })
     }
 
     fn lookup<'a>(

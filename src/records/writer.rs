@@ -26,6 +26,9 @@ pub struct WriterConfig {
     pub flush_interval: Duration,
     /// How long a request waits for room in the queue (and, in durable mode, for its commit).
     pub wait_timeout: Duration,
+    /// Writer tasks taking batches from the queue concurrently (durable mode: overlapping
+    /// commits; async mode needs one).
+    pub writers: usize,
 }
 
 /// Why a record could not be taken.
@@ -60,7 +63,7 @@ pub struct Recorder {
     stats: Arc<WriterStats>,
     last_error: Arc<std::sync::Mutex<Option<String>>>,
     stop: watch::Sender<bool>,
-    handle: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    handles: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Recorder {
@@ -69,13 +72,18 @@ impl Recorder {
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(WriterStats::default());
         let last_error = Arc::new(std::sync::Mutex::new(None));
-        let task = WriterTask {
-            sink: Arc::clone(&sink),
-            cfg: cfg.clone(),
-            stats: Arc::clone(&stats),
-            last_error: Arc::clone(&last_error),
-        };
-        let handle = tokio::spawn(task.run(rx, stop_rx));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let handles: Vec<_> = (0..cfg.writers.max(1))
+            .map(|_| {
+                let task = WriterTask {
+                    sink: Arc::clone(&sink),
+                    cfg: cfg.clone(),
+                    stats: Arc::clone(&stats),
+                    last_error: Arc::clone(&last_error),
+                };
+                tokio::spawn(task.run(Arc::clone(&rx), stop_rx.clone()))
+            })
+            .collect();
         Self {
             tx,
             cfg,
@@ -83,7 +91,7 @@ impl Recorder {
             stats,
             last_error,
             stop,
-            handle: std::sync::Mutex::new(Some(handle)),
+            handles: std::sync::Mutex::new(handles),
         }
     }
 
@@ -149,8 +157,12 @@ impl Recorder {
     /// Stops taking records, writes everything queued, and waits for the writer.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
-        let handle = self.handle.lock().ok().and_then(|mut h| h.take());
-        if let Some(h) = handle {
+        let handles = self
+            .handles
+            .lock()
+            .map(|mut h| std::mem::take(&mut *h))
+            .unwrap_or_default();
+        for h in handles {
             let _ = h.await;
         }
     }
@@ -164,33 +176,45 @@ struct WriterTask {
 }
 
 impl WriterTask {
-    async fn run(self, mut rx: mpsc::Receiver<Job>, mut stop: watch::Receiver<bool>) {
+    async fn run(
+        self,
+        rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut jobs: Vec<Job> = Vec::new();
         loop {
-            let n = tokio::select! {
-                n = rx.recv_many(&mut jobs, self.cfg.batch_max) => n,
-                _ = stop.changed() => {
-                    rx.close();
-                    // Drain what was queued before the close.
-                    while rx.recv_many(&mut jobs, self.cfg.batch_max).await > 0 {
-                        self.write(&mut jobs).await;
+            {
+                // One writer gathers a batch at a time; the others meanwhile write theirs.
+                let mut rx = rx.lock().await;
+                let n = tokio::select! {
+                    n = rx.recv_many(&mut jobs, self.cfg.batch_max) => n,
+                    _ = stop.changed() => {
+                        rx.close();
+                        // Drain what was queued before the close.
+                        while rx.recv_many(&mut jobs, self.cfg.batch_max).await > 0 {
+                            self.write(&mut jobs).await;
+                        }
+                        return;
                     }
+                };
+                if n == 0 {
                     return;
                 }
-            };
-            if n == 0 {
-                return;
-            }
-            if self.cfg.mode == Mode::Async {
-                // Gather for up to the flush interval, so a light load still writes in batches.
-                let deadline = tokio::time::Instant::now() + self.cfg.flush_interval;
-                while records_in(&jobs) < self.cfg.batch_max {
-                    let room = self.cfg.batch_max - jobs.len().min(self.cfg.batch_max);
-                    match tokio::time::timeout_at(deadline, rx.recv_many(&mut jobs, room.max(1)))
+                if self.cfg.mode == Mode::Async {
+                    // Gather for up to the flush interval, so a light load still writes in
+                    // batches.
+                    let deadline = tokio::time::Instant::now() + self.cfg.flush_interval;
+                    while records_in(&jobs) < self.cfg.batch_max {
+                        let room = self.cfg.batch_max - jobs.len().min(self.cfg.batch_max);
+                        match tokio::time::timeout_at(
+                            deadline,
+                            rx.recv_many(&mut jobs, room.max(1)),
+                        )
                         .await
-                    {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
+                        {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
                     }
                 }
             }
@@ -200,14 +224,15 @@ impl WriterTask {
 
     /// Writes the jobs' records (retrying until written), then acknowledges them.
     async fn write(&self, jobs: &mut Vec<Job>) {
-        let records: Vec<Record> = jobs
-            .iter_mut()
-            .flat_map(|j| std::mem::take(&mut j.records))
-            .collect();
+        let records: Arc<Vec<Record>> = Arc::new(
+            jobs.iter_mut()
+                .flat_map(|j| std::mem::take(&mut j.records))
+                .collect(),
+        );
         let mut backoff = Duration::from_millis(50);
         let mut retry = false;
         loop {
-            match self.sink.write(&records, retry).await {
+            match self.sink.write(Arc::clone(&records), retry).await {
                 Ok(()) => break,
                 Err(e) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
