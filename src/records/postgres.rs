@@ -6,9 +6,9 @@ use super::{Record, RecordSink, SinkError, SinkFuture};
 use crate::tracking::number::TrackingNumber;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, NoTls};
 
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tracking_numbers (
     tracking_number char(16) PRIMARY KEY,
@@ -63,16 +63,10 @@ impl PostgresRecords {
     }
 
     async fn connect(&self) -> Result<Client, SinkError> {
-        let (client, conn) =
-            tokio::time::timeout(self.timeout, tokio_postgres::connect(&self.url, NoTls))
+        let client =
+            crate::tracking::store::postgres::connect(&self.url, self.timeout, "record store")
                 .await
-                .map_err(|_| unavailable("connection timed out"))?
                 .map_err(unavailable)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::warn!(error = %e, "postgres record-store connection closed");
-            }
-        });
         client.batch_execute(SCHEMA).await.map_err(unavailable)?;
         Ok(client)
     }

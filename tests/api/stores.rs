@@ -34,6 +34,16 @@ fn redis_env(url: String, cluster: bool) -> Vec<(String, String)> {
     ])
 }
 
+/// The environment of `trackd seq` for a test's Redis with `shards` counters.
+fn seq_env(redis: &RedisServer, shards: u32) -> Vec<(String, String)> {
+    env(&[
+        ("TRACKD_TRACKING__SEQUENCE_STORE", "redis".into()),
+        ("TRACKD_TRACKING__REDIS_URL", redis.url()),
+        ("TRACKD_TRACKING__REDIS_KEY_PREFIX", "t3".into()),
+        ("TRACKD_TRACKING__REDIS_SHARDS", shards.to_string()),
+    ])
+}
+
 fn pg_env(url: String) -> Vec<(String, String)> {
     env(&[
         ("TRACKD_TRACKING__SEQUENCE_STORE", "postgres".into()),
@@ -234,16 +244,25 @@ async fn wait_for_201(client: &reqwest::Client, addr: SocketAddr, within: Durati
     }
 }
 
+/// Runs `trackd seq repair --floor FLOOR`; the app then issues again, above the floor.
+async fn repair_then_issue_above(
+    app: &crate::helpers::TestApp,
+    seq_env: &[(String, String)],
+    dir: &std::path::Path,
+    floor: u64,
+    seen: &mut HashSet<u64>,
+) {
+    let (ok, out) = run_seq(&["repair", "--floor", &floor.to_string()], seq_env, dir);
+    assert!(ok, "{out}");
+    let n = wait_for_201(&app.client, app.addr, Duration::from_secs(5)).await;
+    assert!(seq_of(&n) > floor && seen.insert(seq_of(&n)), "{n}");
+}
+
 #[tokio::test]
 async fn redis_restarted_empty_gives_503_never_a_reused_number_and_repair_recovers() {
     let mut redis = RedisServer::start();
     let data = tempfile::tempdir().unwrap();
-    let seq_env = env(&[
-        ("TRACKD_TRACKING__SEQUENCE_STORE", "redis".into()),
-        ("TRACKD_TRACKING__REDIS_URL", redis.url()),
-        ("TRACKD_TRACKING__REDIS_KEY_PREFIX", "t3".into()),
-        ("TRACKD_TRACKING__REDIS_SHARDS", "4".into()),
-    ]);
+    let seq_env = seq_env(&redis, 4);
     // Before `seq init`, trackd refuses to invent counters.
     let app = spawn_app_with(redis_settings(redis.url())).await;
     let r = get_issue(&app.client, app.addr).await;
@@ -284,15 +303,7 @@ async fn redis_restarted_empty_gives_503_never_a_reused_number_and_repair_recove
     // The operator repairs with the floor the instance reports.
     let floor = detail["reserved_below"].as_u64().unwrap();
     assert!(seen.iter().all(|&s| s < floor));
-    let (ok, out) = run_seq(
-        &["repair", "--floor", &floor.to_string()],
-        &seq_env,
-        data.path(),
-    );
-    assert!(ok, "{out}");
-    let n = wait_for_201(&app.client, app.addr, Duration::from_secs(5)).await;
-    assert!(seq_of(&n) > floor);
-    assert!(seen.insert(seq_of(&n)));
+    repair_then_issue_above(&app, &seq_env, data.path(), floor, &mut seen).await;
     for _ in 0..200 {
         let s = seq_of(&app.issue().await);
         assert!(s > floor && seen.insert(s));
@@ -305,12 +316,7 @@ async fn redis_restarted_empty_gives_503_never_a_reused_number_and_repair_recove
 async fn a_counter_that_went_backwards_is_taken_out_of_service() {
     let redis = RedisServer::start();
     let data = tempfile::tempdir().unwrap();
-    let seq_env = env(&[
-        ("TRACKD_TRACKING__SEQUENCE_STORE", "redis".into()),
-        ("TRACKD_TRACKING__REDIS_URL", redis.url()),
-        ("TRACKD_TRACKING__REDIS_KEY_PREFIX", "t3".into()),
-        ("TRACKD_TRACKING__REDIS_SHARDS", "1".into()),
-    ]);
+    let seq_env = seq_env(&redis, 1);
     let (ok, out) = run_seq(&["init"], &seq_env, data.path());
     assert!(ok, "{out}");
     let app = spawn_app_with(|s| {
@@ -332,14 +338,7 @@ async fn a_counter_that_went_backwards_is_taken_out_of_service() {
     let floor = body["checks"]["tracking"]["store_detail"]["reserved_below"]
         .as_u64()
         .unwrap();
-    let (ok, out) = run_seq(
-        &["repair", "--floor", &floor.to_string()],
-        &seq_env,
-        data.path(),
-    );
-    assert!(ok, "{out}");
-    let n = wait_for_201(&app.client, app.addr, Duration::from_secs(5)).await;
-    assert!(seen.insert(seq_of(&n)) && seq_of(&n) > floor);
+    repair_then_issue_above(&app, &seq_env, data.path(), floor, &mut seen).await;
     app.stop().await;
 }
 
@@ -350,12 +349,7 @@ type Answer = (Instant, u16, Option<String>, Duration);
 async fn redis_stopped_under_load_gives_503_then_201_within_a_second_of_its_return() {
     let mut redis = RedisServer::start_durable();
     let data = tempfile::tempdir().unwrap();
-    let seq_env = env(&[
-        ("TRACKD_TRACKING__SEQUENCE_STORE", "redis".into()),
-        ("TRACKD_TRACKING__REDIS_URL", redis.url()),
-        ("TRACKD_TRACKING__REDIS_KEY_PREFIX", "t3".into()),
-        ("TRACKD_TRACKING__REDIS_SHARDS", "4".into()),
-    ]);
+    let seq_env = seq_env(&redis, 4);
     let (ok, out) = run_seq(&["init"], &seq_env, data.path());
     assert!(ok, "{out}");
     let app = spawn_app_with(redis_settings(redis.url())).await;
@@ -437,12 +431,7 @@ async fn wait_aof_refuses_a_redis_that_would_not_have_the_reservation_on_disk() 
         (RedisServer::start(), false),
         (RedisServer::start_durable(), true),
     ] {
-        let seq_env = env(&[
-            ("TRACKD_TRACKING__SEQUENCE_STORE", "redis".into()),
-            ("TRACKD_TRACKING__REDIS_URL", redis.url()),
-            ("TRACKD_TRACKING__REDIS_KEY_PREFIX", "t3".into()),
-            ("TRACKD_TRACKING__REDIS_SHARDS", "4".into()),
-        ]);
+        let seq_env = seq_env(&redis, 4);
         let (ok, out) = run_seq(&["init"], &seq_env, data.path());
         assert!(ok, "{out}");
         let app = spawn_app_with(|s| {

@@ -29,6 +29,21 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("postgres: {e}"))
 }
 
+/// Connects within `timeout` and drives the connection on its own task (logging, as `what`,
+/// when it closes). Shared by the PostgreSQL stores.
+pub async fn connect(url: &str, timeout: Duration, what: &'static str) -> Result<Client, String> {
+    let (client, conn) = tokio::time::timeout(timeout, tokio_postgres::connect(url, NoTls))
+        .await
+        .map_err(|_| "connection timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "postgres {what} connection closed");
+        }
+    });
+    Ok(client)
+}
+
 impl PostgresStore {
     pub fn new(url: &str, segment: &str, timeout: Duration, key_fingerprint: String) -> Self {
         Self {
@@ -42,17 +57,9 @@ impl PostgresStore {
     }
 
     async fn connect(&self) -> Result<Client, StoreError> {
-        let (client, conn) =
-            tokio::time::timeout(self.timeout, tokio_postgres::connect(&self.url, NoTls))
-                .await
-                .map_err(|_| unavailable("connection timed out"))?
-                .map_err(unavailable)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::warn!(error = %e, "postgres sequence-store connection closed");
-            }
-        });
-        Ok(client)
+        connect(&self.url, self.timeout, "sequence store")
+            .await
+            .map_err(unavailable)
     }
 
     async fn reserve_inner(&self, count: u64) -> Result<Block, StoreError> {
