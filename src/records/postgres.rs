@@ -44,10 +44,19 @@ pub struct PostgresRecords {
     /// overlap, and PostgreSQL groups their WAL flushes).
     writers: Vec<tokio::sync::Mutex<Option<Client>>>,
     reader: tokio::sync::Mutex<Option<Client>>,
+    schema: tokio::sync::OnceCell<()>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> SinkError {
     SinkError::Unavailable(format!("postgres: {e}"))
+}
+
+/// A driver error with the server's message (tokio-postgres alone prints "db error").
+fn pg_error(e: tokio_postgres::Error) -> SinkError {
+    match e.as_db_error() {
+        Some(db) => unavailable(format!("{}: {}", db.code().code(), db.message())),
+        None => unavailable(e),
+    }
 }
 
 impl PostgresRecords {
@@ -59,6 +68,7 @@ impl PostgresRecords {
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             reader: tokio::sync::Mutex::new(None),
+            schema: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -67,7 +77,10 @@ impl PostgresRecords {
             crate::tracking::store::postgres::connect(&self.url, self.timeout, "record store")
                 .await
                 .map_err(unavailable)?;
-        client.batch_execute(SCHEMA).await.map_err(unavailable)?;
+        // Once per process: concurrent CREATE TABLE IF NOT EXISTS can collide.
+        self.schema
+            .get_or_try_init(|| async { client.batch_execute(SCHEMA).await.map_err(pg_error) })
+            .await?;
         Ok(client)
     }
 
@@ -77,7 +90,7 @@ impl PostgresRecords {
                 "COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"
             ))
             .await
-            .map_err(unavailable)?;
+            .map_err(pg_error)?;
         let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &TYPES));
         for r in batch {
             let weight = r.weight_grams as i32;
@@ -95,9 +108,9 @@ impl PostgresRecords {
                     &r.issued_at,
                 ])
                 .await
-                .map_err(unavailable)?;
+                .map_err(pg_error)?;
         }
-        writer.finish().await.map_err(unavailable)
+        writer.finish().await.map_err(pg_error)
     }
 
     async fn write_batch(&self, batch: &[Record], retry: bool) -> Result<(), SinkError> {
@@ -120,7 +133,7 @@ impl PostgresRecords {
                          (LIKE tracking_numbers) ON COMMIT DELETE ROWS",
                     )
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(pg_error)?;
                 Self::copy(client, "tracking_numbers_staging", batch).await?;
                 client
                     .batch_execute(
@@ -128,7 +141,7 @@ impl PostgresRecords {
                          ON CONFLICT (tracking_number) DO NOTHING; COMMIT",
                     )
                     .await
-                    .map_err(unavailable)
+                    .map_err(pg_error)
             }
             .await
         } else {
@@ -167,7 +180,7 @@ impl RecordSink for PostgresRecords {
             )
             .await
             .map_err(|_| unavailable("lookup timed out"))?
-            .map_err(unavailable)?;
+            .map_err(pg_error)?;
             Ok(row.map(|row| {
                 let weight: i32 = row.get(6);
                 Record {
