@@ -123,6 +123,7 @@ impl Application {
             }
             (_, Some(db)) => Some(Arc::new(embedded_records::EmbeddedRecords::new(
                 Arc::clone(db),
+                tracking.permutation().clone(),
             ))),
             (_, None) => None,
         };
@@ -139,7 +140,9 @@ impl Application {
                     batch_max: r.batch_max,
                     flush_interval: ms(r.flush_interval_ms),
                     wait_timeout: ms(r.wait_timeout_ms),
-                    writers: if r.mode == "durable" {
+                    // Overlapping commits help PostgreSQL (it groups WAL flushes); redb
+                    // commits one at a time, so one writer with larger batches is cheaper.
+                    writers: if r.mode == "durable" && !r.postgres_url.is_empty() {
                         RECORD_WRITERS
                     } else {
                         1

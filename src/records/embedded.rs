@@ -3,12 +3,15 @@
 
 use super::{Record, RecordSink, SinkError, SinkFuture};
 use crate::tracking::number::TrackingNumber;
+use crate::tracking::permute::Permutation;
 use redb::{Database, ReadableDatabase, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
 
-/// number → [`Record::encode`].
-pub const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+/// sequence number → [`Record::encode`]. Keyed by sequence, not by the (pseudo-random)
+/// tracking number, so a batch appends to the tree's last pages instead of dirtying a random
+/// page per record; a lookup inverts the permutation to find the key.
+pub const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records_by_seq");
 
 /// Opens (or creates) the data directory's redb file, shared by records and idempotency keys.
 pub fn open(data_dir: &Path) -> Result<Arc<Database>, String> {
@@ -26,11 +29,12 @@ pub fn open(data_dir: &Path) -> Result<Arc<Database>, String> {
 
 pub struct EmbeddedRecords {
     db: Arc<Database>,
+    permutation: Permutation,
 }
 
 impl EmbeddedRecords {
-    pub fn new(db: Arc<Database>) -> Self {
-        Self { db }
+    pub fn new(db: Arc<Database>, permutation: Permutation) -> Self {
+        Self { db, permutation }
     }
 }
 
@@ -49,7 +53,7 @@ impl RecordSink for EmbeddedRecords {
                 {
                     let mut t = tx.open_table(RECORDS).map_err(unavailable)?;
                     for r in batch.iter() {
-                        t.insert(r.number.as_str(), r.encode().as_slice())
+                        t.insert(r.seq, r.encode().as_slice())
                             .map_err(unavailable)?;
                     }
                 }
@@ -66,12 +70,13 @@ impl RecordSink for EmbeddedRecords {
     ) -> SinkFuture<'a, Option<serde_json::Value>> {
         let db = Arc::clone(&self.db);
         let number = *number;
+        let seq = self.permutation.invert(number.code());
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let tx = db.begin_read().map_err(unavailable)?;
                 let t = tx.open_table(RECORDS).map_err(unavailable)?;
-                let v = t.get(number.as_str()).map_err(unavailable)?;
-                Ok(v.and_then(|v| Record::decode(number, v.value()))
+                let v = t.get(seq).map_err(unavailable)?;
+                Ok(v.and_then(|v| Record::decode(seq, number, v.value()))
                     .map(|r| r.to_json()))
             })
             .await

@@ -19,6 +19,9 @@ use uuid::Uuid;
 /// One issued number and the order it was issued for.
 #[derive(Debug, Clone)]
 pub struct Record {
+    /// The sequence number behind `number`: the embedded store's key, so that inserts append
+    /// instead of landing on random pages.
+    pub seq: u64,
     pub number: TrackingNumber,
     pub customer_id: Uuid,
     pub customer_name: String,
@@ -34,6 +37,7 @@ pub struct Record {
 impl Record {
     pub fn new(order: &Order, issued: &Issued) -> Self {
         Self {
+            seq: issued.seq,
             number: issued.number,
             customer_id: order.customer_id,
             customer_name: order.customer_name.as_str().to_owned(),
@@ -77,12 +81,13 @@ fn from_micros(us: i64) -> Option<OffsetDateTime> {
 }
 
 impl Record {
-    /// A compact binary form for the embedded store (the number is the key):
-    /// version, customer id, grams, issue and order instants (µs), name, slug.
+    /// A compact binary form for the embedded store (the sequence number is the key):
+    /// version, country prefix, customer id, grams, issue and order instants (µs), name, slug.
     pub fn encode(&self) -> Vec<u8> {
         let (name, slug) = (self.customer_name.as_bytes(), self.customer_slug.as_bytes());
-        let mut b = Vec::with_capacity(1 + 16 + 4 + 8 + 9 + 4 + name.len() + slug.len());
+        let mut b = Vec::with_capacity(1 + 4 + 16 + 4 + 8 + 9 + 4 + name.len() + slug.len());
         b.push(1);
+        b.extend_from_slice(&self.number.as_str().as_bytes()[..4]);
         b.extend_from_slice(self.customer_id.as_bytes());
         b.extend_from_slice(&self.weight_grams.to_le_bytes());
         b.extend_from_slice(&micros(self.issued_at).to_le_bytes());
@@ -101,7 +106,7 @@ impl Record {
     }
 
     /// The inverse of [`Record::encode`]; `None` for bytes it did not write.
-    pub fn decode(number: TrackingNumber, b: &[u8]) -> Option<Self> {
+    pub fn decode(seq: u64, number: TrackingNumber, b: &[u8]) -> Option<Self> {
         fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
             let (head, tail) = b.split_at_checked(n)?;
             *b = tail;
@@ -109,6 +114,10 @@ impl Record {
         }
         let mut b = b;
         if take(&mut b, 1)? != [1] {
+            return None;
+        }
+        // The same sequence with other country codes is another number, never issued.
+        if take(&mut b, 4)? != &number.as_str().as_bytes()[..4] {
             return None;
         }
         let customer_id = Uuid::from_slice(take(&mut b, 16)?).ok()?;
@@ -127,6 +136,7 @@ impl Record {
         let customer_name = text(&mut b)?;
         let customer_slug = text(&mut b)?;
         Some(Self {
+            seq,
             number,
             customer_id,
             customer_name,
@@ -179,6 +189,7 @@ mod tests {
         let t = OffsetDateTime::from_unix_timestamp_nanos(1_763_000_000_123_456_000).unwrap();
         for (name, created) in [("Łódź 東京 & Co", Some(t)), ("", None)] {
             let r = Record {
+                seq: 42,
                 number,
                 customer_id: Uuid::from_u128(0xde619854_b59b_425e_9db4_943979e1bd49),
                 customer_name: name.into(),
@@ -187,11 +198,11 @@ mod tests {
                 order_created_at: created,
                 issued_at: t,
             };
-            let back = Record::decode(number, &r.encode()).unwrap();
+            let back = Record::decode(42, number, &r.encode()).unwrap();
             assert_eq!(back.to_json(), r.to_json());
         }
-        assert!(Record::decode(number, &[1, 2, 3]).is_none());
-        assert!(Record::decode(number, &[]).is_none());
+        assert!(Record::decode(1, number, &[1, 2, 3]).is_none());
+        assert!(Record::decode(1, number, &[]).is_none());
     }
 
     #[test]

@@ -184,6 +184,7 @@ impl RecordSink for PostgresRecords {
             Ok(row.map(|row| {
                 let weight: i32 = row.get(6);
                 Record {
+                    seq: 0, // not stored in PostgreSQL; not part of the lookup body
                     number: *number,
                     customer_id: row.get(1),
                     customer_name: row.get(2),

@@ -25,6 +25,8 @@ pub struct TrackingService {
 /// One issued number and the instant it was issued.
 #[derive(Debug, Clone)]
 pub struct Issued {
+    /// The sequence number behind `number` (the permutation's input).
+    pub seq: u64,
     pub number: TrackingNumber,
     pub issued_at: OffsetDateTime,
 }
@@ -42,6 +44,7 @@ impl TrackingService {
         let seq = self.allocator.take(self.wait_timeout).await?;
         let code = self.permutation.permute(seq);
         Ok(Issued {
+            seq,
             number: TrackingNumber::new(order.origin, order.destination, code),
             issued_at: OffsetDateTime::now_utc(),
         })
