@@ -186,34 +186,32 @@ impl WriterTask {
             {
                 // One writer gathers a batch at a time; the others meanwhile write theirs.
                 let mut rx = rx.lock().await;
+                if *stop.borrow() {
+                    rx.close();
+                    // Drain what was queued before the close.
+                    while rx.recv_many(&mut jobs, self.cfg.batch_max).await > 0 {
+                        self.write(&mut jobs).await;
+                    }
+                    return;
+                }
                 let n = tokio::select! {
                     n = rx.recv_many(&mut jobs, self.cfg.batch_max) => n,
-                    _ = stop.changed() => {
-                        rx.close();
-                        // Drain what was queued before the close.
-                        while rx.recv_many(&mut jobs, self.cfg.batch_max).await > 0 {
-                            self.write(&mut jobs).await;
-                        }
-                        return;
-                    }
+                    _ = stop.changed() => continue,
                 };
                 if n == 0 {
                     return;
                 }
                 if self.cfg.mode == Mode::Async {
-                    // Gather for up to the flush interval, so a light load still writes in
-                    // batches.
-                    let deadline = tokio::time::Instant::now() + self.cfg.flush_interval;
+                    // Let records gather for the flush interval, then take what came: one
+                    // wake-up per interval, not one per request.
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.cfg.flush_interval) => {}
+                        _ = stop.changed() => {}
+                    }
                     while records_in(&jobs) < self.cfg.batch_max {
-                        let room = self.cfg.batch_max - jobs.len().min(self.cfg.batch_max);
-                        match tokio::time::timeout_at(
-                            deadline,
-                            rx.recv_many(&mut jobs, room.max(1)),
-                        )
-                        .await
-                        {
-                            Ok(0) | Err(_) => break,
-                            Ok(_) => {}
+                        match rx.try_recv() {
+                            Ok(job) => jobs.push(job),
+                            Err(_) => break,
                         }
                     }
                 }
