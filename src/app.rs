@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 /// State shared by all request handlers.
 pub struct AppState {
     pub tracking: TrackingService,
+    pub policy: crate::policy::PolicyService,
     /// Set once shutdown has begun: readiness fails and responses close their connection.
     pub draining: AtomicBool,
     pub max_uri_bytes: usize,
@@ -37,6 +38,8 @@ pub enum StartError {
     KeyRequired,
     #[error("cannot start the allocator actor: {0}")]
     Actor(String),
+    #[error("cannot start the policy cache: {0}")]
+    Policy(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -88,6 +91,10 @@ impl Application {
         let tracking =
             TrackingService::new(allocator, Permutation::new(&key), ms(t.wait_timeout_ms));
 
+        let (policy, policy_actor) = crate::policy::start(&settings.policy)
+            .await
+            .map_err(StartError::Policy)?;
+
         let addr = settings.listen_addr();
         let listener = TcpListener::bind(addr)
             .await
@@ -103,6 +110,7 @@ impl Application {
         };
         let state = Arc::new(AppState {
             tracking,
+            policy,
             draining: AtomicBool::new(false),
             max_uri_bytes: s.max_uri_bytes,
             retry_after_secs: t.retry_after_secs,
@@ -111,7 +119,9 @@ impl Application {
             listener,
             state,
             limits,
-            actors: vec![(cell, handle)],
+            actors: std::iter::once((cell, handle))
+                .chain(policy_actor)
+                .collect(),
         })
     }
 

@@ -8,11 +8,14 @@
 //! - [`tracking`]: the number format ([`tracking::number`]), the keyed permutation
 //!   ([`tracking::permute`]), order validation ([`tracking::order`]), the allocator actor
 //!   ([`tracking::allocator`]) and the sequence stores ([`tracking::store`]).
+//! - [`policy`]: customer insurance policies served from an in-memory snapshot loaded from
+//!   PostgreSQL (or the bundled sample data), its loader actor, dump writers, migrations, seed.
 //! - [`telemetry`]: log set-up.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod policy;
 pub mod telemetry;
 pub mod tracking;

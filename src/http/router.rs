@@ -2,7 +2,7 @@
 //! JSON; `Connection: close` on every response once the server is draining.
 
 use super::response::{self, Body};
-use super::tracking;
+use super::{policy, tracking};
 use crate::app::AppState;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -45,7 +45,12 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
         "/healthz" => read_only(method)
             .unwrap_or_else(|| response::json(StatusCode::OK, &json!({"status": "ok"}))),
         "/readyz" => read_only(method).unwrap_or_else(|| readiness(state)),
-        _ => response::not_found(),
+        p => match p.strip_prefix(policy::PREFIX) {
+            Some(rest) => policy::handle(&req, rest, state)
+                .await
+                .unwrap_or_else(response::not_found),
+            None => response::not_found(),
+        },
     }
 }
 
@@ -59,7 +64,10 @@ fn readiness(state: &AppState) -> Response<Body> {
     let draining = state.draining.load(Ordering::Relaxed);
     let alloc = state.tracking.allocator();
     let tracking_ok = alloc.is_ready();
-    let ready = tracking_ok && !draining;
+    let cache = &state.policy.cache;
+    let policy_ok = cache.is_ready();
+    let policy_counts = cache.current().map(|s| s.counts()).unwrap_or_default();
+    let ready = tracking_ok && policy_ok && !draining;
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },
         "draining": draining,
@@ -70,6 +78,13 @@ fn readiness(state: &AppState) -> Response<Body> {
                 "store_healthy": alloc.store_healthy(),
                 "buffered_numbers": alloc.buffered(),
                 "store_detail": alloc.store_report(),
+            },
+            "policy": {
+                "ok": policy_ok,
+                "source": cache.source(),
+                "users": policy_counts.users,
+                "user_policies": policy_counts.user_policies,
+                "last_error": cache.last_error(),
             }
         }
     });
