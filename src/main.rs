@@ -223,7 +223,9 @@ fn db(settings: &Settings, action: DbAction) -> ExitCode {
     use trackd::policy::{migrate, sample::SampleData, seed};
     let url = &settings.policy.database_url;
     if url.is_empty() {
-        eprintln!("trackd: set policy.database_url (or TRACKD_POLICY__DATABASE_URL, --database-url)");
+        eprintln!(
+            "trackd: set policy.database_url (or TRACKD_POLICY__DATABASE_URL, --database-url)"
+        );
         return ExitCode::from(EXIT_CONFIG);
     }
     let rt = match tokio::runtime::Builder::new_current_thread()

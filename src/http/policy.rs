@@ -87,7 +87,10 @@ fn parse_id(raw: &str) -> Option<i64> {
 fn bad_id(name: &str) -> Response<Body> {
     error(
         StatusCode::BAD_REQUEST,
-        &format!("{name} must be a non-negative integer (at most {}).", i64::MAX),
+        &format!(
+            "{name} must be a non-negative integer (at most {}).",
+            i64::MAX
+        ),
     )
 }
 
@@ -118,8 +121,10 @@ pub async fn handle<B>(req: &Request<B>, rest: &str, state: &AppState) -> Option
             StatusCode::SERVICE_UNAVAILABLE,
             "The policy cache has not been loaded yet; retry shortly.",
         );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(state.retry_after_secs));
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(state.retry_after_secs),
+        );
         return Some(r);
     };
     Some(match route {
@@ -184,7 +189,12 @@ fn user_list(query: Option<&str>, snap: Arc<Snapshot>, state: &AppState) -> Resp
     let limit = match q.get("limit") {
         Param::Missing => None,
         Param::Value(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=policy.page_size_max).contains(&n) && v.bytes().all(|b| b.is_ascii_digit()) => Some(n),
+            Ok(n)
+                if (1..=policy.page_size_max).contains(&n)
+                    && v.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                Some(n)
+            }
             _ => {
                 return bad(format!(
                     "limit must be an integer from 1 to {}.",
@@ -307,8 +317,7 @@ async fn dump(snap: Arc<Snapshot>, id: i64, format: DumpFormat) -> Response<Body
         return user_not_found(id);
     };
     let disposition = export::content_disposition(id, snap.user(i).first_name, format.ext());
-    let rendered = if format == DumpFormat::Xlsx || snap.user_policies(i).len() > INLINE_DUMP_ROWS
-    {
+    let rendered = if format == DumpFormat::Xlsx || snap.user_policies(i).len() > INLINE_DUMP_ROWS {
         let snap = Arc::clone(&snap);
         match tokio::task::spawn_blocking(move || render(&snap, i, format)).await {
             Ok(r) => r,
@@ -378,7 +387,16 @@ mod tests {
     fn ids_parse_strictly() {
         assert_eq!(parse_id("0"), Some(0));
         assert_eq!(parse_id("42"), Some(42));
-        for bad in ["", "-1", "+1", "1.5", "abc", " 1", "99999999999999999999", "9223372036854775808"] {
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            "1.5",
+            "abc",
+            " 1",
+            "99999999999999999999",
+            "9223372036854775808",
+        ] {
             assert!(parse_id(bad).is_none(), "{bad}");
         }
     }

@@ -171,8 +171,11 @@ async fn listen_once(
     queued: &AtomicBool,
     first: bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let Ok(connected) =
-        tokio::time::timeout(args.connect_timeout, tokio_postgres::connect(&args.url, NoTls)).await
+    let Ok(connected) = tokio::time::timeout(
+        args.connect_timeout,
+        tokio_postgres::connect(&args.url, NoTls),
+    )
+    .await
     else {
         tracing::debug!("policy LISTEN connection timed out");
         return Ok(());

@@ -238,7 +238,11 @@ impl Snapshot {
             + self.email.heap_bytes()
             + self.mobile.heap_bytes()
             + self.profession.capacity() * 4
-            + self.professions.iter().map(|s| boxed(s) + 16).sum::<usize>()
+            + self
+                .professions
+                .iter()
+                .map(|s| boxed(s) + 16)
+                .sum::<usize>()
             + self.user_up.capacity() * 4
             + self.up_policy.capacity() * 4
             + self.up_number.heap_bytes()
@@ -501,7 +505,10 @@ impl SnapshotBuilder {
         } else {
             let mut order: Vec<u32> = (0..n_up as u32).collect();
             order.sort_unstable_by_key(|&k| key(k as usize));
-            if let Some(w) = order.windows(2).find(|w| key(w[0] as usize) == key(w[1] as usize)) {
+            if let Some(w) = order
+                .windows(2)
+                .find(|w| key(w[0] as usize) == key(w[1] as usize))
+            {
                 return Err(BuildError::DuplicateId {
                     kind: "user_policy",
                     id: self.up_id[w[0] as usize],
@@ -636,7 +643,10 @@ mod tests {
         b.user(1, "Dup", "", "", "", "").unwrap();
         assert_eq!(
             b.build().unwrap_err(),
-            BuildError::DuplicateId { kind: "user", id: 1 }
+            BuildError::DuplicateId {
+                kind: "user",
+                id: 1
+            }
         );
         let mut b = sample();
         b.policy(11, "x", "X", "", "", 1, 42);

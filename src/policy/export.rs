@@ -105,7 +105,8 @@ pub fn to_csv(rows: &[DumpRow<'_>]) -> Result<Vec<u8>, ExportError> {
             &iso(r.expiry),
         ])?;
     }
-    w.into_inner().map_err(|e| ExportError::Csv(e.into_error().into()))
+    w.into_inner()
+        .map_err(|e| ExportError::Csv(e.into_error().into()))
 }
 
 struct JsonRow<'r, 'a>(&'r DumpRow<'a>);

@@ -45,9 +45,10 @@ impl<'a> FromSql<'a> for UnixMicros {
 
 /// Connects to `url` and loads a snapshot.
 pub async fn load(url: &str, connect_timeout: Duration) -> Result<Snapshot, LoadError> {
-    let (mut client, conn) = tokio::time::timeout(connect_timeout, tokio_postgres::connect(url, NoTls))
-        .await
-        .map_err(|_| LoadError::ConnectTimeout)??;
+    let (mut client, conn) =
+        tokio::time::timeout(connect_timeout, tokio_postgres::connect(url, NoTls))
+            .await
+            .map_err(|_| LoadError::ConnectTimeout)??;
     let conn = tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "policy load connection ended");

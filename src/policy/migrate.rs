@@ -20,7 +20,9 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 const LOCK_KEY: i64 = 0x7472_6163_6b64_6d67; // "trackdmg"
 
 /// Applies every migration not yet recorded; returns the ones applied now.
-pub async fn migrate(client: &mut Client) -> Result<Vec<&'static Migration>, tokio_postgres::Error> {
+pub async fn migrate(
+    client: &mut Client,
+) -> Result<Vec<&'static Migration>, tokio_postgres::Error> {
     let mut applied = Vec::new();
     for m in MIGRATIONS {
         let tx = client.transaction().await?;

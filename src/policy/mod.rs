@@ -139,7 +139,9 @@ pub type ActorHandle = (ractor::ActorCell, tokio::task::JoinHandle<()>);
 
 /// Starts the policy cache: with an empty `database_url` the bundled sample data is loaded
 /// at once; otherwise the loader actor is spawned and the cache fills in the background.
-pub async fn start(settings: &PolicySettings) -> Result<(PolicyService, Option<ActorHandle>), String> {
+pub async fn start(
+    settings: &PolicySettings,
+) -> Result<(PolicyService, Option<ActorHandle>), String> {
     describe_metrics();
     if settings.database_url.is_empty() {
         let cache = Arc::new(PolicyCache::new("sample"));
@@ -260,7 +262,10 @@ mod tests {
         assert!(!c.is_ready());
         c.record_failure("boom");
         assert_eq!(c.last_error().as_deref(), Some("boom"));
-        c.publish(cache::SnapshotBuilder::new().build().unwrap(), Duration::ZERO);
+        c.publish(
+            cache::SnapshotBuilder::new().build().unwrap(),
+            Duration::ZERO,
+        );
         assert!(c.is_ready());
         assert!(c.last_error().is_none());
     }

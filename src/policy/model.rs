@@ -138,7 +138,10 @@ mod tests {
             Timestamp(1_598_868_000_000_000).to_string(),
             "2020-08-31T10:00:00Z"
         );
-        assert_eq!(Timestamp(1_500_000).to_string(), "1970-01-01T00:00:01.500000Z");
+        assert_eq!(
+            Timestamp(1_500_000).to_string(),
+            "1970-01-01T00:00:01.500000Z"
+        );
         assert_eq!(
             serde_json::to_string(&Some(Timestamp(-1_000_000))).unwrap(),
             "\"1969-12-31T23:59:59Z\""

@@ -146,8 +146,16 @@ mod tests {
             .filter(|&i| s.user_policies(i).len() == 0)
             .count();
         assert!(no_policies >= 1);
-        assert!(data.user_policies.iter().any(|u| u.expiry_date_time.is_none()));
-        assert!(data.users.iter().any(|u| u.first_name.chars().count() > 200));
+        assert!(
+            data.user_policies
+                .iter()
+                .any(|u| u.expiry_date_time.is_none())
+        );
+        assert!(
+            data.users
+                .iter()
+                .any(|u| u.first_name.chars().count() > 200)
+        );
         assert!(data.users.iter().any(|u| !u.first_name.is_ascii()));
     }
 }

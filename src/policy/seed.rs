@@ -169,8 +169,10 @@ pub async fn seed_sample(client: &mut Client, data: &SampleData) -> Result<u64, 
     }
     fix_sequences(&tx).await?;
     tx.commit().await?;
-    Ok((data.categories.len() + data.policies.len() + data.users.len() + data.user_policies.len())
-        as u64)
+    Ok(
+        (data.categories.len() + data.policies.len() + data.users.len() + data.user_policies.len())
+            as u64,
+    )
 }
 
 const FIRST_NAMES: &[&str] = &[
@@ -178,12 +180,22 @@ const FIRST_NAMES: &[&str] = &[
     "Siti", "Ahmad", "Wei", "Mei", "Nguyen", "Linh", "José", "María", "Zoë", "Søren",
 ];
 const LAST_NAMES: &[&str] = &[
-    "Sharma", "Iyer", "Verma", "Patel", "Reddy", "Nair", "Gupta", "Singh", "Das", "Khan",
-    "Tan", "Lim", "Wong", "Tran", "Peña", "García", "Müller", "Ünal", "Nielsen", "O'Brien",
+    "Sharma", "Iyer", "Verma", "Patel", "Reddy", "Nair", "Gupta", "Singh", "Das", "Khan", "Tan",
+    "Lim", "Wong", "Tran", "Peña", "García", "Müller", "Ünal", "Nielsen", "O'Brien",
 ];
 const PROFESSIONS: &[&str] = &[
-    "Software Engineer", "Doctor", "Teacher", "Nurse", "Accountant", "Architect", "Farmer",
-    "Pilot", "Student", "Designer", "Lawyer", "Chef",
+    "Software Engineer",
+    "Doctor",
+    "Teacher",
+    "Nurse",
+    "Accountant",
+    "Architect",
+    "Farmer",
+    "Pilot",
+    "Student",
+    "Designer",
+    "Lawyer",
+    "Chef",
 ];
 
 /// splitmix64: a fixed, fast mixer so the generated data depends only on ids.
@@ -209,7 +221,8 @@ fn put_text(buf: &mut BytesMut, s: &str) {
 
 /// `YYYY-MM-DD HH:MM:SS+00` for a number of seconds since the Unix epoch.
 fn put_ts(buf: &mut BytesMut, secs: i64) {
-    let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let mut s = String::with_capacity(24);
     let _ = write!(
         s,
