@@ -105,13 +105,16 @@ async fn run(a: Args) -> Result<(), String> {
             .unwrap_or(0);
     }
     if !(a.reuse && have >= a.users as i64) {
-        admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {0} WITH (FORCE); CREATE DATABASE {0}",
-                a.database
-            ))
-            .await
-            .map_err(|e| e.to_string())?;
+        // Separate statements: CREATE DATABASE cannot run in a multi-statement batch.
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", a.database),
+            format!("CREATE DATABASE {}", a.database),
+        ] {
+            admin
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| trackd::policy::pg_message(&e))?;
+        }
         let mut c = client(&url).await?;
         migrate::migrate(&mut c)
             .await
