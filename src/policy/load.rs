@@ -103,8 +103,9 @@ async fn load_tables(tx: &Transaction<'_>) -> Result<SnapshotBuilder, LoadError>
         .await?;
     let estimate = |name: &str| {
         est.iter()
-            .find(|r| r.get::<_, &str>(0) == name)
-            .map_or(0, |r| r.get::<_, i64>(1).max(0) as usize)
+            .find(|r| r.try_get::<_, &str>(0).is_ok_and(|n| n == name))
+            .and_then(|r| r.try_get::<_, i64>(1).ok())
+            .map_or(0, |n| n.clamp(0, 100_000_000) as usize)
     };
     b.reserve(estimate("user"), estimate("user_policy"));
 
