@@ -7,7 +7,7 @@ use super::response::{self, Body};
 use crate::app::AppState;
 use crate::policy::cache::Snapshot;
 use crate::policy::export::{self, DumpFormat, DumpRow};
-use crate::policy::model::{PolicyDetailJson, Timestamp, UserJson, UserPolicyJson};
+use crate::policy::model::{self, PolicyDetailJson, Timestamp};
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
@@ -160,12 +160,11 @@ fn user_policy(snap: &Snapshot, id: i64) -> Response<Body> {
     let Some(i) = snap.user_index(id) else {
         return user_not_found(id);
     };
-    let user = snap.user(i);
-    let rows: Vec<UserPolicyJson<'_>> = snap
-        .user_policies(i)
-        .map(|up| UserPolicyJson::new(&user, &up))
-        .collect();
-    ok(rows)
+    let mut buf = Vec::with_capacity(64 + snap.user_policies(i).len() * 256);
+    buf.extend_from_slice(b"{\"data\":");
+    model::write_user_policies(&mut buf, snap, i);
+    buf.extend_from_slice(b",\"status\":true}");
+    response::json_bytes(StatusCode::OK, buf)
 }
 
 fn policy_detail(snap: &Snapshot, id: i64) -> Response<Body> {
@@ -173,13 +172,6 @@ fn policy_detail(snap: &Snapshot, id: i64) -> Response<Body> {
         Some(p) => ok([PolicyDetailJson::new(snap, p)]),
         None => error(StatusCode::NOT_FOUND, &format!("No policy with id {id}.")),
     }
-}
-
-#[derive(Serialize)]
-struct Page<'a> {
-    data: Vec<UserJson<'a>>,
-    status: bool,
-    next_after_id: Option<i64>,
 }
 
 fn user_list(query: Option<&str>, snap: Arc<Snapshot>, state: &AppState) -> Response<Body> {
@@ -220,20 +212,22 @@ fn user_list(query: Option<&str>, snap: Arc<Snapshot>, state: &AppState) -> Resp
     let limit = limit.unwrap_or(policy.page_size_default);
     let start = snap.first_user_after(after_id);
     let end = start.saturating_add(limit).min(snap.user_count());
-    let data: Vec<UserJson<'_>> = (start..end).map(|i| snap.user(i).into()).collect();
     let next_after_id = (end < snap.user_count() && end > start).then(|| snap.user(end - 1).id);
-    let mut buf = Vec::with_capacity(64 + data.len() * 160);
-    match serde_json::to_writer(
-        &mut buf,
-        &Page {
-            data,
-            status: true,
-            next_after_id,
-        },
-    ) {
-        Ok(()) => response::json_bytes(StatusCode::OK, buf),
-        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error."),
+    let mut buf = Vec::with_capacity(64 + (end - start) * 160);
+    buf.extend_from_slice(b"{\"data\":[");
+    for i in start..end {
+        if i > start {
+            buf.push(b',');
+        }
+        model::write_user(&mut buf, &snap.user(i));
     }
+    buf.extend_from_slice(b"],\"status\":true,\"next_after_id\":");
+    match next_after_id {
+        Some(id) => model::push_int(&mut buf, id),
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.push(b'}');
+    response::json_bytes(StatusCode::OK, buf)
 }
 
 /// Every user, in id order, as a chunked body serialised batch by batch from the snapshot
@@ -262,10 +256,7 @@ impl Iterator for UserChunks {
             if i > 0 {
                 buf.push(b',');
             }
-            if let Err(e) = serde_json::to_writer(&mut buf, &UserJson::from(self.snap.user(i))) {
-                self.finished = true;
-                return Some(Err(std::io::Error::other(e)));
-            }
+            model::write_user(&mut buf, &self.snap.user(i));
         }
         self.next = end;
         if end >= self.snap.user_count() {
