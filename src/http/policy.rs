@@ -116,7 +116,9 @@ pub async fn handle<B>(req: &Request<B>, rest: &str, state: &AppState) -> Option
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return Some(r);
     }
-    let Some(snap) = policy.cache.current() else {
+    // A guard, not an `Arc` clone: no shared reference-count traffic on the lookup routes.
+    let guard = policy.cache.guard();
+    let Some(snap) = guard.as_ref() else {
         let mut r = error(
             StatusCode::SERVICE_UNAVAILABLE,
             "The policy cache has not been loaded yet; retry shortly.",
@@ -130,14 +132,17 @@ pub async fn handle<B>(req: &Request<B>, rest: &str, state: &AppState) -> Option
     Some(match route {
         Route::UserList => user_list(req.uri().query(), snap, state),
         Route::UserPolicy(id) => match parse_id(id) {
-            Some(id) => user_policy(&snap, id),
+            Some(id) => user_policy(snap, id),
             None => bad_id("user_id"),
         },
         Route::PolicyDetail(id) => match parse_id(id) {
-            Some(id) => policy_detail(&snap, id),
+            Some(id) => policy_detail(snap, id),
             None => bad_id("policy_id"),
         },
         Route::Dump(id, format) => {
+            // The dump may wait for the blocking pool: hold an `Arc`, not the guard.
+            let snap = Arc::clone(snap);
+            drop(guard);
             let Some(id) = parse_id(id) else {
                 return Some(bad_id("user_id"));
             };
@@ -174,7 +179,7 @@ fn policy_detail(snap: &Snapshot, id: i64) -> Response<Body> {
     }
 }
 
-fn user_list(query: Option<&str>, snap: Arc<Snapshot>, state: &AppState) -> Response<Body> {
+fn user_list(query: Option<&str>, snap: &Arc<Snapshot>, state: &AppState) -> Response<Body> {
     let q = Query::parse(query);
     let policy = &state.policy;
     let bad = |msg: String| error(StatusCode::BAD_REQUEST, &msg);
@@ -207,7 +212,7 @@ fn user_list(query: Option<&str>, snap: Arc<Snapshot>, state: &AppState) -> Resp
         Param::NotUtf8 => return bad("after_id is not valid UTF-8.".into()),
     };
     if limit.is_none() && after_id.is_none() {
-        return stream_all_users(snap);
+        return stream_all_users(Arc::clone(snap));
     }
     let limit = limit.unwrap_or(policy.page_size_default);
     let start = snap.first_user_after(after_id);

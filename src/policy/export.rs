@@ -83,9 +83,28 @@ pub enum ExportError {
     Xlsx(#[from] rust_xlsxwriter::XlsxError),
 }
 
+/// `YYYY-MM-DD` (without the `fmt` machinery: dumps format every date), "" for `None`.
 fn iso(d: Option<Date>) -> String {
-    d.map(|d| format!("{:04}-{:02}-{:02}", d.year(), d.month() as u8, d.day()))
-        .unwrap_or_default()
+    let Some(d) = d else {
+        return String::new();
+    };
+    let (y, m, day) = (d.year(), d.month() as u8, d.day());
+    if !(0..=9999).contains(&y) {
+        return format!("{y:04}-{m:02}-{day:02}");
+    }
+    let y = y as u32;
+    let digit = |v: u32| char::from(b'0' + (v % 10) as u8);
+    let mut s = String::with_capacity(10);
+    for v in [y / 1000, y / 100, y / 10, y] {
+        s.push(digit(v));
+    }
+    s.push('-');
+    s.push(digit(u32::from(m) / 10));
+    s.push(digit(u32::from(m)));
+    s.push('-');
+    s.push(digit(u32::from(day) / 10));
+    s.push(digit(u32::from(day)));
+    s
 }
 
 /// RFC 4180: a header row, CRLF line ends, fields quoted when needed.
@@ -265,6 +284,13 @@ mod tests {
         let out = to_xlsx(&rows()).unwrap();
         assert_eq!(&out[..2], b"PK");
         assert!(to_xlsx(&[]).unwrap().len() > 1000);
+    }
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso(Some(date!(2020 - 08 - 31))), "2020-08-31");
+        assert_eq!(iso(Some(date!(0099 - 01 - 02))), "0099-01-02");
+        assert_eq!(iso(None), "");
     }
 
     #[test]
