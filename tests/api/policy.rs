@@ -753,3 +753,62 @@ async fn the_cache_keeps_serving_when_postgres_stops() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn db_migrate_and_seed_commands() {
+    let db = TestDb::create().await;
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_trackd"))
+            .args(["db"])
+            .args(args)
+            .args(["--database-url", &db.url])
+            .env("TRACKD_LOG__LEVEL", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "trackd db {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(run(&["migrate"]).contains("applied 0001_policy"));
+    assert!(run(&["migrate"]).contains("up to date"));
+    run(&["seed", "--sample", "--users", "40"]);
+    run(&["seed", "--sample"]); // idempotent
+    let c = connect(&db.url).await;
+    let count = |sql: &'static str| {
+        let c = &c;
+        async move { c.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let sample = SampleData::bundled().unwrap();
+    assert_eq!(
+        count("SELECT count(*) FROM \"user\"").await,
+        sample.users.len() as i64 + 40
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM user_policy").await,
+        sample.user_policies.len() as i64 + 40 * 5
+    );
+    // Identity sequences continue after the seeded ids.
+    let id: i64 = c
+        .query_one(
+            "INSERT INTO \"user\" (first_name) VALUES ('Next') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(id, sample.users.len() as i64 + 41);
+    // The generated users load and serve.
+    let app = spawn_policy_app(&db.url, |_| {}).await;
+    wait_loaded(&app).await;
+    let (s, v) = get_json(
+        &app,
+        &format!("{P}/user_policy/{}/", sample.users.len() + 1),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["data"].as_array().unwrap().len(), 5);
+    app.stop().await;
+}
