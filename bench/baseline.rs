@@ -7,8 +7,10 @@
 //! encoding, so `bench/run tracking` can express trackd's throughput as a fraction of what the
 //! same stack does with no work at all.
 //!
-//! Usage: `cargo run --release --example baseline -- [--listen ADDR]` (default
-//! `127.0.0.1:18090`).
+//! Usage: `cargo run --release --example baseline -- [--listen ADDR] [--body-file FILE]
+//! [--status CODE] [--content-type TYPE]` (default `127.0.0.1:18090`, the 201 body above).
+//! `bench/run policy` passes the exact bytes trackd answered for the route under test, so
+//! both sides send the same body.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -32,11 +34,22 @@ const MAX_HEADER_BYTES: usize = 16384;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:18090";
 
+/// The answer: status, content type and body (the tracking 201 unless overridden).
+struct Answer {
+    status: StatusCode,
+    content_type: HeaderValue,
+    body: Bytes,
+}
+
+static ANSWER: std::sync::OnceLock<Answer> = std::sync::OnceLock::new();
+
 fn main() -> ExitCode {
-    let addr = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(addr)) => addr,
+    let (addr, answer) = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(parsed)) => parsed,
         Ok(None) => {
-            println!("usage: baseline [--listen ADDR]   (default {DEFAULT_LISTEN})");
+            println!(
+                "usage: baseline [--listen ADDR] [--body-file FILE] [--status CODE] [--content-type TYPE]   (default {DEFAULT_LISTEN})"
+            );
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -44,6 +57,7 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    let _ = ANSWER.set(answer);
     // trackd's default: `server.worker_threads = 0`, i.e. tokio's default of one per core.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -70,11 +84,37 @@ fn main() -> ExitCode {
 }
 
 /// `Ok(None)` for `--help`.
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<SocketAddr>, String> {
+fn parse_args(
+    mut args: impl Iterator<Item = String>,
+) -> Result<Option<(SocketAddr, Answer)>, String> {
     let mut listen = DEFAULT_LISTEN.to_owned();
+    let mut answer = Answer {
+        status: StatusCode::CREATED,
+        content_type: HeaderValue::from_static("application/json"),
+        body: Bytes::from_static(BODY),
+    };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => listen = args.next().ok_or("--listen needs an address")?,
+            "--body-file" => {
+                let f = args.next().ok_or("--body-file needs a file")?;
+                answer.body = std::fs::read(&f)
+                    .map_err(|e| format!("cannot read {f}: {e}"))?
+                    .into();
+            }
+            "--status" => {
+                let v = args.next().ok_or("--status needs a code")?;
+                answer.status = v
+                    .parse::<u16>()
+                    .ok()
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .ok_or(format!("bad --status {v:?}"))?;
+            }
+            "--content-type" => {
+                let v = args.next().ok_or("--content-type needs a value")?;
+                answer.content_type =
+                    HeaderValue::from_str(&v).map_err(|_| format!("bad --content-type {v:?}"))?;
+            }
             "-h" | "--help" => return Ok(None),
             other => match other.strip_prefix("--listen=") {
                 Some(v) => listen = v.to_owned(),
@@ -84,7 +124,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<SocketAdd
     }
     listen
         .parse()
-        .map(Some)
+        .map(|a| Some((a, answer)))
         .map_err(|e| format!("bad --listen address {listen:?}: {e}"))
 }
 
@@ -112,11 +152,12 @@ async fn serve(listener: TcpListener) {
 }
 
 async fn answer(_req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let mut r = Response::new(Full::new(Bytes::from_static(BODY)));
-    *r.status_mut() = StatusCode::CREATED;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    let Some(a) = ANSWER.get() else {
+        return Ok(Response::new(Full::new(Bytes::from_static(BODY))));
+    };
+    let mut r = Response::new(Full::new(a.body.clone()));
+    *r.status_mut() = a.status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, a.content_type.clone());
     Ok(r)
 }

@@ -31,6 +31,7 @@ pub struct AppState {
     pub idempotency: Idempotency,
     /// How long a retry waits for the first request with its key to finish.
     pub idempotency_wait: std::time::Duration,
+    pub policy: crate::policy::PolicyService,
     /// Set once shutdown has begun: readiness fails and responses close their connection.
     pub draining: AtomicBool,
     pub max_uri_bytes: usize,
@@ -52,6 +53,8 @@ pub enum StartError {
     Database(String),
     #[error("cannot start the allocator actor: {0}")]
     Actor(String),
+    #[error("cannot start the policy cache: {0}")]
+    Policy(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -163,6 +166,9 @@ impl Application {
             (Some(db), _) => Idempotency::embedded(Arc::clone(db)),
             (None, _) => unreachable!("the embedded database is opened unless Redis is configured"),
         };
+        let (policy, policy_actor) = crate::policy::start(&settings.policy)
+            .await
+            .map_err(StartError::Policy)?;
 
         let addr = settings.listen_addr();
         let listener = TcpListener::bind(addr)
@@ -183,6 +189,7 @@ impl Application {
             recorder,
             idempotency,
             idempotency_wait: ms(r.wait_timeout_ms),
+            policy,
             draining: AtomicBool::new(false),
             max_uri_bytes: s.max_uri_bytes,
             retry_after_secs: t.retry_after_secs,
@@ -191,7 +198,9 @@ impl Application {
             listener,
             state,
             limits,
-            actors: vec![(cell, handle)],
+            actors: std::iter::once((cell, handle))
+                .chain(policy_actor)
+                .collect(),
         })
     }
 

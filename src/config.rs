@@ -20,6 +20,7 @@ pub struct Settings {
     pub records: RecordsSettings,
     pub storage: StorageSettings,
     pub log: LogSettings,
+    pub policy: PolicySettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -113,6 +114,70 @@ pub struct StorageSettings {
 pub struct LogSettings {
     pub level: String,
     pub format: String,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    pub database_url: String,
+    pub refresh_interval_secs: u64,
+    pub notify_debounce_ms: u64,
+    pub retry_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub load_timeout_secs: u64,
+    pub api_keys: Vec<String>,
+    pub page_size_default: usize,
+    pub page_size_max: usize,
+}
+
+impl std::fmt::Debug for PolicySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicySettings")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("refresh_interval_secs", &self.refresh_interval_secs)
+            .field("api_keys", &format!("<{} secret(s)>", self.api_keys.len()))
+            .field("page_size_max", &self.page_size_max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicySettings {
+    fn validate(&self, e: &mut Vec<String>) {
+        if !self.database_url.is_empty()
+            && self.database_url.parse::<tokio_postgres::Config>().is_err()
+        {
+            e.push("policy.database_url: not a PostgreSQL connection URL (value not shown)".into());
+        }
+        for (key, v) in [
+            ("policy.refresh_interval_secs", self.refresh_interval_secs),
+            ("policy.retry_ms", self.retry_ms),
+            ("policy.connect_timeout_ms", self.connect_timeout_ms),
+            ("policy.load_timeout_secs", self.load_timeout_secs),
+        ] {
+            if v == 0 {
+                e.push(format!("{key}: must be greater than 0"));
+            }
+        }
+        if self
+            .api_keys
+            .iter()
+            .any(|k| k.len() < 16 || k.bytes().any(|b| !b.is_ascii_graphic()))
+        {
+            e.push(
+                "policy.api_keys: every key must be at least 16 printable ASCII characters without spaces (values not shown)"
+                    .into(),
+            );
+        }
+        if self.page_size_max == 0 || self.page_size_max > 100_000 {
+            e.push("policy.page_size_max: must be between 1 and 100000".into());
+        }
+        if self.page_size_default == 0 || self.page_size_default > self.page_size_max {
+            e.push(format!(
+                "policy.page_size_default: must be between 1 and policy.page_size_max ({})",
+                self.page_size_max
+            ));
+        }
+    }
 }
 
 /// Every problem found in the configuration, each naming its key.
@@ -357,6 +422,7 @@ impl Settings {
                 self.log.format
             ));
         }
+        self.policy.validate(&mut e);
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             e.push(format!(
                 "log.level: '{}' is not a valid log filter",
@@ -444,6 +510,14 @@ fn typed_like(default: &Value, raw: &str) -> Result<Value, String> {
             .parse::<f64>()
             .map(Value::Float)
             .map_err(|_| format!("'{raw}' is not a number")),
+        // A list from the environment: comma-separated, blanks dropped.
+        Value::Array(_) => Ok(Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| Value::String(v.to_owned()))
+                .collect(),
+        )),
         _ => Ok(Value::String(raw.to_owned())),
     }
 }

@@ -10,6 +10,8 @@
 //!   ([`tracking::allocator`]) and the sequence stores ([`tracking::store`]).
 //! - [`records`]: issuance records (writer task, PostgreSQL and embedded record stores).
 //! - [`idempotency`]: `Idempotency-Key` replay in Redis or the embedded store.
+//! - [`policy`]: customer insurance policies served from an in-memory snapshot loaded from
+//!   PostgreSQL (or the bundled sample data), its loader actor, dump writers, migrations, seed.
 //! - [`telemetry`]: log set-up.
 #![forbid(unsafe_code)]
 
@@ -17,6 +19,7 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod idempotency;
+pub mod policy;
 pub mod records;
 pub mod telemetry;
 pub mod tracking;

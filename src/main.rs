@@ -1,5 +1,5 @@
 //! The `trackd` command line: parse arguments, load configuration, run until a signal, or run
-//! an operator command (`check`, `seq init`, `seq repair`).
+//! an operator command (`check`, `seq init`, `seq repair`, `db migrate`, `db seed`).
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -51,6 +51,16 @@ enum Command {
     /// Say whether NUMBER is a well-formed tracking number with a correct check character
     /// (and, when tracking.permutation_key is configured, its sequence number).
     Check { number: String },
+    /// Manage the policy database (policy.database_url, or --database-url).
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// PostgreSQL URL (overrides policy.database_url).
+        #[arg(long, value_name = "URL", global = true)]
+        database_url: Option<String>,
+    },
     /// Operate a shared sequence store (redis or postgres).
     Seq {
         #[command(subcommand)]
@@ -69,6 +79,21 @@ enum SeqAction {
     Repair {
         #[arg(long, value_name = "N")]
         floor: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbAction {
+    /// Apply the schema migrations not yet applied (recorded in trackd_migrations).
+    Migrate,
+    /// Load data: the bundled sample (--sample) and/or N generated users with 5 policies each.
+    Seed {
+        /// Generated users to add after the highest existing user id.
+        #[arg(long, value_name = "N")]
+        users: Option<u64>,
+        /// Load the bundled sample data (config/sample_policies.json); existing rows are kept.
+        #[arg(long)]
+        sample: bool,
     },
 }
 
@@ -103,6 +128,20 @@ fn main() -> ExitCode {
             Ok(settings) => {
                 trackd::telemetry::init(&settings.log);
                 serve(settings)
+            }
+            Err(code) => code,
+        },
+        Command::Db {
+            action,
+            cfg,
+            database_url,
+        } => match load(&cfg, None, None) {
+            Ok(mut settings) => {
+                trackd::telemetry::init(&settings.log);
+                if let Some(url) = database_url {
+                    settings.policy.database_url = url;
+                }
+                db(&settings, action)
             }
             Err(code) => code,
         },
@@ -166,6 +205,90 @@ fn seq(settings: Settings, action: SeqAction) -> ExitCode {
             (other, _) => Err(store::StoreError::Unavailable(format!(
                 "`trackd seq` operates shared stores; tracking.sequence_store is '{other}'"
             ))),
+        }
+    });
+    match result {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trackd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn db(settings: &Settings, action: DbAction) -> ExitCode {
+    use trackd::policy::{migrate, sample::SampleData, seed};
+    let url = &settings.policy.database_url;
+    if url.is_empty() {
+        eprintln!(
+            "trackd: set policy.database_url (or TRACKD_POLICY__DATABASE_URL, --database-url)"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trackd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<String, String> = rt.block_on(async {
+        let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                eprintln!("trackd: PostgreSQL connection: {e}");
+            }
+        });
+        match action {
+            DbAction::Migrate => {
+                let applied = migrate::migrate(&mut client)
+                    .await
+                    .map_err(|e| format!("migration failed: {}", trackd::policy::pg_message(&e)))?;
+                if applied.is_empty() {
+                    Ok("schema is up to date".into())
+                } else {
+                    Ok(applied
+                        .iter()
+                        .map(|m| format!("applied {:04}_{}", m.version, m.name))
+                        .collect::<Vec<_>>()
+                        .join("\n"))
+                }
+            }
+            DbAction::Seed { users, sample } => {
+                if users.is_none() && !sample {
+                    return Err("say what to seed: --sample and/or --users N".into());
+                }
+                let data = SampleData::bundled().map_err(|e| e.to_string())?;
+                let mut done = Vec::new();
+                if sample {
+                    let n = seed::seed_sample(&mut client, &data)
+                        .await
+                        .map_err(|e| format!("seeding the sample failed: {e}"))?;
+                    done.push(format!("sample data: {n} rows (existing rows kept)"));
+                }
+                if let Some(n) = users.filter(|&n| n > 0) {
+                    let started = std::time::Instant::now();
+                    let (first, last) = seed::seed_users(&mut client, &data, n)
+                        .await
+                        .map_err(|e| format!("seeding users failed: {e}"))?;
+                    let secs = started.elapsed().as_secs_f64();
+                    let rows = n * (1 + seed::POLICIES_PER_USER);
+                    done.push(format!(
+                        "users {first}..={last} with {} policies each: {rows} rows in {secs:.1} s ({:.0} rows/s)",
+                        seed::POLICIES_PER_USER,
+                        rows as f64 / secs.max(1e-9)
+                    ));
+                }
+                Ok(done.join("\n"))
+            }
         }
     });
     match result {

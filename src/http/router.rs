@@ -2,7 +2,7 @@
 //! JSON; `Connection: close` on every response once the server is draining.
 
 use super::response::{self, Body};
-use super::tracking;
+use super::{policy, tracking};
 use crate::app::AppState;
 use crate::records::writer::Mode;
 use hyper::body::Incoming;
@@ -60,7 +60,12 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
         "/healthz" => read_only(method)
             .unwrap_or_else(|| response::json(StatusCode::OK, &json!({"status": "ok"}))),
         "/readyz" => read_only(method).unwrap_or_else(|| readiness(state)),
-        _ => response::not_found(),
+        p => match p.strip_prefix(policy::PREFIX) {
+            Some(rest) => policy::handle(&req, rest, state)
+                .await
+                .unwrap_or_else(response::not_found),
+            None => response::not_found(),
+        },
     }
 }
 
@@ -76,7 +81,10 @@ fn readiness(state: &AppState) -> Response<Body> {
     let tracking_ok = alloc.is_ready();
     let records = state.recorder.as_ref();
     let records_error = records.and_then(|r| r.last_error());
-    let ready = tracking_ok && records_error.is_none() && !draining;
+    let cache = &state.policy.cache;
+    let policy_ok = cache.is_ready();
+    let policy_counts = cache.current().map(|s| s.counts()).unwrap_or_default();
+    let ready = tracking_ok && records_error.is_none() && policy_ok && !draining;
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },
         "draining": draining,
@@ -100,7 +108,14 @@ fn readiness(state: &AppState) -> Response<Body> {
                     "error": records_error,
                 }),
             },
-            "idempotency": {"store": state.idempotency.kind()}
+            "idempotency": {"store": state.idempotency.kind()},
+            "policy": {
+                "ok": policy_ok,
+                "source": cache.source(),
+                "users": policy_counts.users,
+                "user_policies": policy_counts.user_policies,
+                "last_error": cache.last_error(),
+            }
         }
     });
     let status = if ready {

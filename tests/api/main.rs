@@ -1,7 +1,9 @@
 //! Integration tests: the application on loopback (in-process on port 0, or the real `trackd`
-//! binary for signal tests), each test with its own data directory.
+//! binary for signal tests), each test with its own data directory (and, for the policy API,
+//! its own PostgreSQL database or private PostgreSQL server).
 
 mod helpers;
+mod policy;
 mod records;
 mod server;
 mod servers;

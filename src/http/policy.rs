@@ -1,0 +1,399 @@
+//! `/customer_insurance/…`: the customer-insurance routes, answered from the published policy
+//! snapshot (no actor round trip, no database query per request). Success bodies are
+//! `{"data": …, "status": true}`; errors `{"data": "<message>", "status": false}`.
+
+use super::query::{Param, Query};
+use super::response::{self, Body};
+use crate::app::AppState;
+use crate::policy::cache::Snapshot;
+use crate::policy::export::{self, DumpFormat, DumpRow};
+use crate::policy::model::{self, PolicyDetailJson, Timestamp};
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use std::sync::Arc;
+
+pub const PREFIX: &str = "/customer_insurance/";
+
+/// Users serialised per chunk of the streamed `user_list/`.
+const STREAM_BATCH: usize = 512;
+/// Dumps with more rows than this are rendered on the blocking pool (XLSX always is).
+const INLINE_DUMP_ROWS: usize = 256;
+
+/// The routes, matched on the path after [`PREFIX`] without its trailing slash.
+enum Route<'p> {
+    UserList,
+    UserPolicy(&'p str),
+    PolicyDetail(&'p str),
+    Dump(&'p str, &'p str),
+}
+
+impl<'p> Route<'p> {
+    fn parse(rest: &'p str) -> Option<Self> {
+        let mut it = rest.split('/');
+        let r = match (it.next()?, it.next(), it.next()) {
+            ("user_list", None, _) => Route::UserList,
+            ("user_policy", Some(id), None) => Route::UserPolicy(id),
+            ("policy_detail", Some(id), None) => Route::PolicyDetail(id),
+            ("user_policy_dump", Some(id), Some(f)) => Route::Dump(id, f),
+            _ => return None,
+        };
+        if it.next().is_some() {
+            return None;
+        }
+        Some(r)
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<T> {
+    data: T,
+    status: bool,
+}
+
+/// `{"data": msg, "status": false}` with a status code.
+pub fn error(status: StatusCode, msg: &str) -> Response<Body> {
+    response::json(
+        status,
+        &Envelope {
+            data: msg,
+            status: false,
+        },
+    )
+}
+
+fn ok(data: impl Serialize) -> Response<Body> {
+    let mut buf = Vec::with_capacity(512);
+    match serde_json::to_writer(&mut buf, &Envelope { data, status: true }) {
+        Ok(()) => response::json_bytes(StatusCode::OK, buf),
+        Err(e) => {
+            tracing::error!(error = %e, "policy response serialisation failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.")
+        }
+    }
+}
+
+/// A non-negative integer id (ASCII digits only, fits in 63 bits).
+fn parse_id(raw: &str) -> Option<i64> {
+    if raw.is_empty() || raw.len() > 19 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse::<i64>().ok()
+}
+
+fn bad_id(name: &str) -> Response<Body> {
+    error(
+        StatusCode::BAD_REQUEST,
+        &format!(
+            "{name} must be a non-negative integer (at most {}).",
+            i64::MAX
+        ),
+    )
+}
+
+/// Answers a path under [`PREFIX`] (trailing slash already removed); `None` when no route
+/// matches (the caller answers 404 `{"detail":"Not found."}`).
+pub async fn handle<B>(req: &Request<B>, rest: &str, state: &AppState) -> Option<Response<Body>> {
+    let route = Route::parse(rest)?;
+    let method = req.method();
+    if method != Method::GET && method != Method::HEAD {
+        return Some(response::method_not_allowed(method, "GET, HEAD"));
+    }
+    let policy = &state.policy;
+    if !policy.authorized(
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    ) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "Authentication required: send a valid API key as `Authorization: Bearer <key>`.",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Some(r);
+    }
+    // A guard, not an `Arc` clone: no shared reference-count traffic on the lookup routes.
+    let guard = policy.cache.guard();
+    let Some(snap) = guard.as_ref() else {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The policy cache has not been loaded yet; retry shortly.",
+        );
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(state.retry_after_secs),
+        );
+        return Some(r);
+    };
+    Some(match route {
+        Route::UserList => user_list(req.uri().query(), snap, state),
+        Route::UserPolicy(id) => match parse_id(id) {
+            Some(id) => user_policy(snap, id),
+            None => bad_id("user_id"),
+        },
+        Route::PolicyDetail(id) => match parse_id(id) {
+            Some(id) => policy_detail(snap, id),
+            None => bad_id("policy_id"),
+        },
+        Route::Dump(id, format) => {
+            // The dump may wait for the blocking pool: hold an `Arc`, not the guard.
+            let snap = Arc::clone(snap);
+            drop(guard);
+            let Some(id) = parse_id(id) else {
+                return Some(bad_id("user_id"));
+            };
+            let Some(format) = DumpFormat::parse(format) else {
+                return Some(error(
+                    StatusCode::BAD_REQUEST,
+                    "format must be one of: csv, json, xlsx.",
+                ));
+            };
+            dump(snap, id, format).await
+        }
+    })
+}
+
+fn user_not_found(id: i64) -> Response<Body> {
+    error(StatusCode::NOT_FOUND, &format!("No user with id {id}."))
+}
+
+fn user_policy(snap: &Snapshot, id: i64) -> Response<Body> {
+    let Some(i) = snap.user_index(id) else {
+        return user_not_found(id);
+    };
+    let mut buf = Vec::with_capacity(64 + snap.user_policies(i).len() * 256);
+    buf.extend_from_slice(b"{\"data\":");
+    model::write_user_policies(&mut buf, snap, i);
+    buf.extend_from_slice(b",\"status\":true}");
+    response::json_bytes(StatusCode::OK, buf)
+}
+
+fn policy_detail(snap: &Snapshot, id: i64) -> Response<Body> {
+    match snap.policy(id) {
+        Some(p) => ok([PolicyDetailJson::new(snap, p)]),
+        None => error(StatusCode::NOT_FOUND, &format!("No policy with id {id}.")),
+    }
+}
+
+fn user_list(query: Option<&str>, snap: &Arc<Snapshot>, state: &AppState) -> Response<Body> {
+    let q = Query::parse(query);
+    let policy = &state.policy;
+    let bad = |msg: String| error(StatusCode::BAD_REQUEST, &msg);
+    let limit = match q.get("limit") {
+        Param::Missing => None,
+        Param::Value(v) => match v.parse::<usize>() {
+            Ok(n)
+                if (1..=policy.page_size_max).contains(&n)
+                    && v.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                Some(n)
+            }
+            _ => {
+                return bad(format!(
+                    "limit must be an integer from 1 to {}.",
+                    policy.page_size_max
+                ));
+            }
+        },
+        Param::Repeated => return bad("limit is given more than once.".into()),
+        Param::NotUtf8 => return bad("limit is not valid UTF-8.".into()),
+    };
+    let after_id = match q.get("after_id") {
+        Param::Missing => None,
+        Param::Value(v) => match parse_id(v) {
+            Some(v) => Some(v),
+            None => return bad_id("after_id"),
+        },
+        Param::Repeated => return bad("after_id is given more than once.".into()),
+        Param::NotUtf8 => return bad("after_id is not valid UTF-8.".into()),
+    };
+    if limit.is_none() && after_id.is_none() {
+        return stream_all_users(Arc::clone(snap));
+    }
+    let limit = limit.unwrap_or(policy.page_size_default);
+    let start = snap.first_user_after(after_id);
+    let end = start.saturating_add(limit).min(snap.user_count());
+    let next_after_id = (end < snap.user_count() && end > start).then(|| snap.user(end - 1).id);
+    let mut buf = Vec::with_capacity(64 + (end - start) * 160);
+    buf.extend_from_slice(b"{\"data\":[");
+    for i in start..end {
+        if i > start {
+            buf.push(b',');
+        }
+        model::write_user(&mut buf, &snap.user(i));
+    }
+    buf.extend_from_slice(b"],\"status\":true,\"next_after_id\":");
+    match next_after_id {
+        Some(id) => model::push_int(&mut buf, id),
+        None => buf.extend_from_slice(b"null"),
+    }
+    buf.push(b'}');
+    response::json_bytes(StatusCode::OK, buf)
+}
+
+/// Every user, in id order, as a chunked body serialised batch by batch from the snapshot
+/// (the whole list is never built in memory).
+struct UserChunks {
+    snap: Arc<Snapshot>,
+    next: usize,
+    started: bool,
+    finished: bool,
+}
+
+impl Iterator for UserChunks {
+    type Item = Result<Frame<Bytes>, std::io::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.finished {
+            return None;
+        }
+        let mut buf = Vec::with_capacity(STREAM_BATCH * 160);
+        if !self.started {
+            buf.extend_from_slice(b"{\"data\":[");
+            self.started = true;
+        }
+        let end = (self.next + STREAM_BATCH).min(self.snap.user_count());
+        for i in self.next..end {
+            if i > 0 {
+                buf.push(b',');
+            }
+            model::write_user(&mut buf, &self.snap.user(i));
+        }
+        self.next = end;
+        if end >= self.snap.user_count() {
+            buf.extend_from_slice(b"],\"status\":true}");
+            self.finished = true;
+        }
+        Some(Ok(Frame::data(Bytes::from(buf))))
+    }
+}
+
+fn stream_all_users(snap: Arc<Snapshot>) -> Response<Body> {
+    let chunks = UserChunks {
+        snap,
+        next: 0,
+        started: false,
+        finished: false,
+    };
+    let body = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The dump rows of the user at index `i`.
+fn dump_rows(snap: &Snapshot, i: usize) -> Vec<DumpRow<'_>> {
+    let user = snap.user(i);
+    snap.user_policies(i)
+        .map(|up| DumpRow {
+            user_name: user.first_name,
+            user_id: user.id,
+            policy_id: up.policy.id,
+            policy_name: &up.policy.name,
+            policy_number: up.policy_number,
+            start: up.start_micros.and_then(|t| Timestamp(t).date()),
+            expiry: up.expiry_micros.and_then(|t| Timestamp(t).date()),
+        })
+        .collect()
+}
+
+fn render(snap: &Snapshot, i: usize, format: DumpFormat) -> Result<Vec<u8>, export::ExportError> {
+    format.render(&dump_rows(snap, i))
+}
+
+async fn dump(snap: Arc<Snapshot>, id: i64, format: DumpFormat) -> Response<Body> {
+    let Some(i) = snap.user_index(id) else {
+        return user_not_found(id);
+    };
+    let disposition = export::content_disposition(id, snap.user(i).first_name, format.ext());
+    let rendered = if format == DumpFormat::Xlsx || snap.user_policies(i).len() > INLINE_DUMP_ROWS {
+        let snap = Arc::clone(&snap);
+        match tokio::task::spawn_blocking(move || render(&snap, i, format)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "dump task failed");
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.");
+            }
+        }
+    } else {
+        render(&snap, i, format)
+    };
+    let bytes = match rendered {
+        Ok(b) => b,
+        Err(e) => {
+            // The message names the writer's problem, never the user's data.
+            tracing::error!(user_id = id, format = format.ext(), error = %e, "dump failed");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The file could not be produced.",
+            );
+        }
+    };
+    crate::policy::record_dump_bytes(format.ext(), bytes.len());
+    let mut r = Response::new(response::full(bytes));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&disposition).unwrap_or_else(|_| {
+            HeaderValue::from_static("attachment; filename=\"UserPolicies.bin\"")
+        }),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse() {
+        assert!(matches!(Route::parse("user_list"), Some(Route::UserList)));
+        assert!(matches!(
+            Route::parse("user_policy/12"),
+            Some(Route::UserPolicy("12"))
+        ));
+        assert!(matches!(
+            Route::parse("user_policy_dump/1/CSV"),
+            Some(Route::Dump("1", "CSV"))
+        ));
+        assert!(Route::parse("user_list/4").is_none());
+        assert!(Route::parse("user_policy").is_none());
+        assert!(Route::parse("user_policy/1/2").is_none());
+        assert!(Route::parse("user_policy_dump/1").is_none());
+        assert!(Route::parse("user_policy_dump/1/csv/x").is_none());
+        assert!(Route::parse("nope").is_none());
+    }
+
+    #[test]
+    fn ids_parse_strictly() {
+        assert_eq!(parse_id("0"), Some(0));
+        assert_eq!(parse_id("42"), Some(42));
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            "1.5",
+            "abc",
+            " 1",
+            "99999999999999999999",
+            "9223372036854775808",
+        ] {
+            assert!(parse_id(bad).is_none(), "{bad}");
+        }
+    }
+}
