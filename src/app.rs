@@ -2,13 +2,17 @@
 //! bound), then run until a shutdown future completes.
 
 use crate::config::{Settings, ms};
+use crate::health::{Readiness, TrackingReadiness};
+use crate::http::observe::ROUTES;
 use crate::http::server::{self, Limits};
+use crate::metrics::HttpMetrics;
 use crate::tracking::TrackingService;
 use crate::tracking::allocator::{Allocator, BlockSizing};
 use crate::tracking::permute::Permutation;
 use crate::tracking::permute::PermutationKey;
 use crate::tracking::store::embedded::{self, EmbeddedStore, OpenError};
 use crate::tracking::store::{self, SequenceStore};
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +22,12 @@ use tokio::net::TcpListener;
 /// State shared by all request handlers.
 pub struct AppState {
     pub tracking: TrackingService,
+    /// What `/readyz` checks (tracking numbers; more checks join with `Readiness::with`).
+    pub readiness: Readiness,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// Pre-registered per-request metric handles.
+    pub http_metrics: HttpMetrics,
     /// Set once shutdown has begun: readiness fails and responses close their connection.
     pub draining: AtomicBool,
     pub max_uri_bytes: usize,
@@ -53,6 +63,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
+        let metrics = crate::metrics::install();
         let t = &settings.tracking;
         let (store, key): (Arc<dyn SequenceStore>, PermutationKey) = match t.sequence_store.as_str()
         {
@@ -101,8 +112,12 @@ impl Application {
             shutdown_grace: ms(s.shutdown_grace_ms),
             shutdown_linger: ms(s.shutdown_linger_ms.min(s.shutdown_grace_ms)),
         };
+        let readiness = Readiness::new().with(TrackingReadiness(tracking.allocator().clone()));
         let state = Arc::new(AppState {
             tracking,
+            readiness,
+            metrics,
+            http_metrics: HttpMetrics::new(ROUTES),
             draining: AtomicBool::new(false),
             max_uri_bytes: s.max_uri_bytes,
             retry_after_secs: t.retry_after_secs,
@@ -128,6 +143,7 @@ impl Application {
     /// Serves until `shutdown` completes and connections have drained, then stops the actors.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
         tracing::info!("listening on http://{}", self.local_addr());
+        let upkeep = crate::metrics::spawn_upkeep(self.state.metrics.clone());
         server::serve(
             self.listener,
             Arc::clone(&self.state),
@@ -139,6 +155,16 @@ impl Application {
             cell.stop(None);
             let _ = handle.await;
         }
+        upkeep.abort();
+        // What is still in hand is never issued: the next start reserves above it.
+        let alloc = self.state.tracking.allocator();
+        let skipped = alloc.buffered();
+        crate::metrics::numbers_skipped(skipped);
+        tracing::info!(
+            issued = alloc.issued(),
+            skipped,
+            "reserved numbers left unissued are skipped, never reused"
+        );
         tracing::info!("stopped");
     }
 }

@@ -237,9 +237,9 @@ impl Settings {
             }
         }
         let t = &self.tracking;
-        if t.sequence_store != "embedded" {
+        if !matches!(t.sequence_store.as_str(), "embedded" | "redis" | "postgres") {
             e.push(format!(
-                "tracking.sequence_store: '{}' is not one of: embedded",
+                "tracking.sequence_store: '{}' is not one of: embedded, redis, postgres",
                 t.sequence_store
             ));
         }

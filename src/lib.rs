@@ -9,10 +9,14 @@
 //!   ([`tracking::permute`]), order validation ([`tracking::order`]), the allocator actor
 //!   ([`tracking::allocator`]) and the sequence stores ([`tracking::store`]).
 //! - [`telemetry`]: log set-up.
+//! - [`metrics`]: every exported metric, named and described in one place.
+//! - [`health`]: composable readiness checks behind `/readyz`.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod config;
+pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod telemetry;
 pub mod tracking;

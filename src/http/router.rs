@@ -1,8 +1,10 @@
 //! Routing: path (with or without trailing slash) and method to handler; 404, 405 and 414 as
-//! JSON; `Connection: close` on every response once the server is draining.
+//! JSON; `Connection: close` on every response once the server is draining. Every request is
+//! observed (metrics, access log, `X-Request-Id`) by [`super::observe`].
 
+use super::observe::Observation;
 use super::response::{self, Body};
-use super::tracking;
+use super::{ops, tracking};
 use crate::app::AppState;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -11,11 +13,13 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 
 pub async fn handle(req: Request<Incoming>, state: &AppState) -> Response<Body> {
+    let observation = Observation::start(&req);
     let mut resp = route(req, state).await;
     if state.draining.load(Ordering::Relaxed) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    observation.finish(&state.http_metrics, &mut resp);
     resp
 }
 
@@ -44,7 +48,9 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
         }
         "/healthz" => read_only(method)
             .unwrap_or_else(|| response::json(StatusCode::OK, &json!({"status": "ok"}))),
-        "/readyz" => read_only(method).unwrap_or_else(|| readiness(state)),
+        "/readyz" => read_only(method).unwrap_or_else(|| ops::readiness(state)),
+        "/metrics" => read_only(method).unwrap_or_else(|| ops::metrics(state)),
+        "/openapi.json" => read_only(method).unwrap_or_else(ops::openapi),
         _ => response::not_found(),
     }
 }
@@ -53,30 +59,4 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
 fn read_only(method: &Method) -> Option<Response<Body>> {
     (method != Method::GET && method != Method::HEAD)
         .then(|| response::method_not_allowed(method, "GET, HEAD"))
-}
-
-fn readiness(state: &AppState) -> Response<Body> {
-    let draining = state.draining.load(Ordering::Relaxed);
-    let alloc = state.tracking.allocator();
-    let tracking_ok = alloc.is_ready();
-    let ready = tracking_ok && !draining;
-    let body = json!({
-        "status": if ready { "ready" } else { "not ready" },
-        "draining": draining,
-        "checks": {
-            "tracking": {
-                "ok": tracking_ok,
-                "store": alloc.store_kind(),
-                "store_healthy": alloc.store_healthy(),
-                "buffered_numbers": alloc.buffered(),
-                "store_detail": alloc.store_report(),
-            }
-        }
-    });
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    response::json(status, &body)
 }

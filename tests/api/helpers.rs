@@ -149,7 +149,9 @@ impl TrackdProcess {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(i) = line.find("listening on http://") {
-                    let addr = line[i + "listening on http://".len()..].trim().to_owned();
+                    // Text or JSON log line: the address ends at a quote or a space.
+                    let rest = &line[i + "listening on http://".len()..];
+                    let addr = rest.split(['"', ' ']).next().unwrap_or("").to_owned();
                     let _ = addr_tx.send(addr);
                 }
                 log2.lock().unwrap().push(line);

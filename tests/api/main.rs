@@ -2,5 +2,6 @@
 //! binary for signal tests), each test with its own data directory.
 
 mod helpers;
+mod ops;
 mod server;
 mod tracking;
