@@ -4,12 +4,13 @@
 //! the query string or any other customer data).
 
 use crate::metrics::{HttpMetrics, method_index};
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response};
 use std::cell::Cell;
 use std::time::Instant;
 
-pub const REQUEST_ID: &str = "x-request-id";
+/// `X-Request-Id`, as a ready-made header name (no parsing per request).
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Route templates, the only values of the `route` label. The last one covers every path that
 /// matches no route.
@@ -116,7 +117,7 @@ impl Observation {
             method: method_index(req.method()),
             request_id: req
                 .headers()
-                .get(REQUEST_ID)
+                .get(&REQUEST_ID)
                 .filter(|v| sane_request_id(v))
                 .cloned(),
         }
