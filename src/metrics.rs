@@ -149,7 +149,7 @@ fn describe() {
     describe_counter!(
         STORE_ERRORS,
         Unit::Count,
-        "Failed block reservations, by kind: unavailable (unreachable, timeout), corrupt (counter loss or inconsistency), exhausted."
+        "Sequence store failures, by kind: unavailable (unreachable, timeout), corrupt (counter loss or inconsistency, also per Redis shard taken out of service or re-probed), exhausted."
     );
     describe_gauge!(
         STORE_UP,
@@ -285,6 +285,12 @@ pub fn store_failed(store: &'static str, kind: &'static str, elapsed: Duration) 
     counter!(STORE_ERRORS, "store" => store, "kind" => kind).increment(1);
     histogram!(STORE_LATENCY, "store" => store).record(elapsed.as_secs_f64());
     gauge!(STORE_UP, "store" => store).set(0.0);
+}
+
+/// A store-internal failure that the reservation itself survived (e.g. one Redis shard's
+/// counter went backwards and the shard was taken out of service; another shard served).
+pub fn store_error(store: &'static str, kind: &'static str) {
+    counter!(STORE_ERRORS, "store" => store, "kind" => kind).increment(1);
 }
 
 /// `count` reserved numbers will never be issued (shutdown, a surplus block).

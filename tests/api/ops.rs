@@ -409,6 +409,36 @@ async fn readiness_follows_a_redis_outage() {
     wait_ready(&app, Duration::from_secs(10)).await;
     let after = app.issue().await;
     assert!(seq_of(&after) != seq_of(&before));
+
+    // Counter loss: every shard counter goes back to 0 (as after a restart without
+    // persistence). trackd refuses them, counts `corrupt` errors, and turns not ready once
+    // its buffered numbers are spent, instead of issuing numbers again.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    for shard in 0..2 {
+        let key = format!("trackd-ops-test-{}:seq:{{{shard}}}", redis.port);
+        let _: () = redis::cmd("SET").arg(&key).arg(0).query(&mut conn).unwrap();
+    }
+    let t0 = Instant::now();
+    while app.get(&format!("{PATH}?{ORDER_QUERY}")).await.status() == 201 {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+    }
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["checks"]["tracking"]["store_detail"]["in_service"], 0,
+        "{v}"
+    );
+    let text = scrape(&app).await;
+    assert!(
+        sample(
+            &text,
+            r#"trackd_sequence_store_errors_total{store="redis",kind="corrupt"}"#
+        )
+        .is_some_and(|v| v >= 2.0),
+        "{text}"
+    );
     app.stop().await;
 }
 
