@@ -56,11 +56,13 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 addr=127.0.0.1:$port
 TRACKD_LOG__LEVEL=warn "$bin" serve --listen "$addr" --data-dir "$work/data" >"$work/trackd.log" 2>&1 &
 pid=$!
+ready() { python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "http://$addr/readyz" 2>/dev/null; }
 for _ in $(seq 100); do
-    curl -sf -o /dev/null "http://$addr/readyz" && break
+    ready && break
     kill -0 "$pid" 2>/dev/null || { echo "trackd exited:"; cat "$work/trackd.log"; exit 1; }
     sleep 0.1
 done
+ready || { echo "trackd not ready:"; cat "$work/trackd.log"; exit 1; }
 
 status=0
 # schemathesis keeps a cache directory in its working directory: keep it out of the tree.
