@@ -158,7 +158,14 @@ impl TrackdProcess {
             }
         });
         let addr = match addr_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a.parse().expect("address in log"),
+            Ok(a) => match a.parse() {
+                Ok(addr) => addr,
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("no address in the log line ({e}): {a}");
+                }
+            },
             Err(_) => {
                 let _ = child.kill();
                 panic!(
