@@ -1,7 +1,8 @@
 //! Criterion micro-benchmarks of trackd's per-request hot path: number encoding, the keyed
 //! permutation, the check character, query parsing and order validation, the JSON success body,
-//! and taking a sequence number from the allocator compared with the designs it avoided (an
-//! actor `call`, a channel round trip) and with a bare atomic increment.
+//! the per-request observation (metrics, request id, access-log callsite), and taking a
+//! sequence number from the allocator compared with the designs it avoided (an actor `call`,
+//! a channel round trip) and with a bare atomic increment.
 //!
 //! Run with `cargo bench --bench number` or `bench/run micro` (which also prints a summary).
 //! Each benchmark measures for 3 s after a 1 s warm-up, so the whole set takes about a minute.
@@ -136,6 +137,21 @@ fn request(c: &mut Criterion) {
                 created_at: rfc3339_micros(time::OffsetDateTime::now_utc()),
             };
             serde_json::to_vec(black_box(&body)).unwrap()
+        })
+    });
+    // What observing a request adds (route template, request id, two metric updates, the
+    // access-log callsite disabled as in production at level info, the response header).
+    let _handle = trackd::metrics::install();
+    let http = trackd::metrics::HttpMetrics::new(trackd::http::observe::ROUTES);
+    let req = hyper::Request::get(format!("/api/next-tracking-number/?{QUERY}"))
+        .body(())
+        .unwrap();
+    let mut resp = hyper::Response::new(());
+    *resp.status_mut() = hyper::StatusCode::CREATED;
+    g.bench_function("observe_request", |b| {
+        b.iter(|| {
+            let o = trackd::http::observe::Observation::start(black_box(&req));
+            o.finish(&http, &mut resp);
         })
     });
     g.finish();

@@ -2,8 +2,11 @@
 //! bound), then run until a shutdown future completes.
 
 use crate::config::{Settings, ms};
+use crate::health::{PolicyReadiness, Readiness, RecordsReadiness, TrackingReadiness};
+use crate::http::observe::ROUTES;
 use crate::http::server::{self, Limits};
 use crate::idempotency::Idempotency;
+use crate::metrics::HttpMetrics;
 use crate::records::writer::{Mode, Recorder, WriterConfig};
 use crate::records::{RecordSink, embedded as embedded_records, postgres as postgres_records};
 use crate::tracking::TrackingService;
@@ -12,6 +15,7 @@ use crate::tracking::permute::Permutation;
 use crate::tracking::permute::PermutationKey;
 use crate::tracking::store::embedded::{self, EmbeddedStore, OpenError};
 use crate::tracking::store::{self, SequenceStore};
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,11 +31,17 @@ pub struct AppState {
     /// Where records are read (lookups); `None` with `records.mode = "off"`.
     pub record_sink: Option<Arc<dyn RecordSink>>,
     /// Where records are written; `None` with `records.mode = "off"`.
-    pub recorder: Option<Recorder>,
+    pub recorder: Option<Arc<Recorder>>,
     pub idempotency: Idempotency,
     /// How long a retry waits for the first request with its key to finish.
     pub idempotency_wait: std::time::Duration,
     pub policy: crate::policy::PolicyService,
+    /// What `/readyz` checks (tracking numbers; more checks join with `Readiness::with`).
+    pub readiness: Readiness,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// Pre-registered per-request metric handles.
+    pub http_metrics: HttpMetrics,
     /// Set once shutdown has begun: readiness fails and responses close their connection.
     pub draining: AtomicBool,
     pub max_uri_bytes: usize,
@@ -71,6 +81,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
+        let metrics = crate::metrics::install();
         let t = &settings.tracking;
         let (store, key): (Arc<dyn SequenceStore>, PermutationKey) = match t.sequence_store.as_str()
         {
@@ -131,7 +142,7 @@ impl Application {
             (_, None) => None,
         };
         let recorder = record_sink.as_ref().map(|sink| {
-            Recorder::start(
+            Arc::new(Recorder::start(
                 Arc::clone(sink),
                 WriterConfig {
                     mode: if r.mode == "durable" {
@@ -151,7 +162,7 @@ impl Application {
                         1
                     },
                 },
-            )
+            ))
         });
         let idempotency = match (&db, t.sequence_store.as_str()) {
             (_, "redis") => Idempotency::redis(
@@ -183,6 +194,13 @@ impl Application {
             shutdown_grace: ms(s.shutdown_grace_ms),
             shutdown_linger: ms(s.shutdown_linger_ms.min(s.shutdown_grace_ms)),
         };
+        let readiness = Readiness::new()
+            .with(TrackingReadiness(tracking.allocator().clone()))
+            .with(RecordsReadiness {
+                recorder: recorder.clone(),
+                idempotency: idempotency.kind(),
+            })
+            .with(PolicyReadiness(Arc::clone(&policy.cache)));
         let state = Arc::new(AppState {
             tracking,
             record_sink,
@@ -190,6 +208,9 @@ impl Application {
             idempotency,
             idempotency_wait: ms(r.wait_timeout_ms),
             policy,
+            readiness,
+            metrics,
+            http_metrics: HttpMetrics::new(ROUTES),
             draining: AtomicBool::new(false),
             max_uri_bytes: s.max_uri_bytes,
             retry_after_secs: t.retry_after_secs,
@@ -217,6 +238,7 @@ impl Application {
     /// Serves until `shutdown` completes and connections have drained, then stops the actors.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
         tracing::info!("listening on http://{}", self.local_addr());
+        let upkeep = crate::metrics::spawn_upkeep(self.state.metrics.clone());
         server::serve(
             self.listener,
             Arc::clone(&self.state),
@@ -231,6 +253,16 @@ impl Application {
             cell.stop(None);
             let _ = handle.await;
         }
+        upkeep.abort();
+        // What is still in hand is never issued: the next start reserves above it.
+        let alloc = self.state.tracking.allocator();
+        let skipped = alloc.buffered();
+        crate::metrics::numbers_skipped(skipped);
+        tracing::info!(
+            issued = alloc.issued(),
+            skipped,
+            "reserved numbers left unissued are skipped, never reused"
+        );
         tracing::info!("stopped");
     }
 }

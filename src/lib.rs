@@ -13,12 +13,16 @@
 //! - [`policy`]: customer insurance policies served from an in-memory snapshot loaded from
 //!   PostgreSQL (or the bundled sample data), its loader actor, dump writers, migrations, seed.
 //! - [`telemetry`]: log set-up.
+//! - [`metrics`]: every exported metric, named and described in one place.
+//! - [`health`]: composable readiness checks behind `/readyz`.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod config;
+pub mod health;
 pub mod http;
 pub mod idempotency;
+pub mod metrics;
 pub mod policy;
 pub mod records;
 pub mod telemetry;

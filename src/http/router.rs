@@ -1,10 +1,11 @@
 //! Routing: path (with or without trailing slash) and method to handler; 404, 405 and 414 as
-//! JSON; `Connection: close` on every response once the server is draining.
+//! JSON; `Connection: close` on every response once the server is draining. Every request is
+//! observed (metrics, access log, `X-Request-Id`) by [`super::observe`].
 
+use super::observe::Observation;
 use super::response::{self, Body};
-use super::{policy, tracking};
+use super::{ops, policy, tracking};
 use crate::app::AppState;
-use crate::records::writer::Mode;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -12,11 +13,13 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 
 pub async fn handle(req: Request<Incoming>, state: &AppState) -> Response<Body> {
+    let observation = Observation::start(&req);
     let mut resp = route(req, state).await;
     if state.draining.load(Ordering::Relaxed) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    observation.finish(&state.http_metrics, &mut resp);
     resp
 }
 
@@ -59,7 +62,9 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
         }
         "/healthz" => read_only(method)
             .unwrap_or_else(|| response::json(StatusCode::OK, &json!({"status": "ok"}))),
-        "/readyz" => read_only(method).unwrap_or_else(|| readiness(state)),
+        "/readyz" => read_only(method).unwrap_or_else(|| ops::readiness(state)),
+        "/metrics" => read_only(method).unwrap_or_else(|| ops::metrics(state)),
+        "/openapi.json" => read_only(method).unwrap_or_else(ops::openapi),
         p => match p.strip_prefix(policy::PREFIX) {
             Some(rest) => policy::handle(&req, rest, state)
                 .await
@@ -73,55 +78,4 @@ async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
 fn read_only(method: &Method) -> Option<Response<Body>> {
     (method != Method::GET && method != Method::HEAD)
         .then(|| response::method_not_allowed(method, "GET, HEAD"))
-}
-
-fn readiness(state: &AppState) -> Response<Body> {
-    let draining = state.draining.load(Ordering::Relaxed);
-    let alloc = state.tracking.allocator();
-    let tracking_ok = alloc.is_ready();
-    let records = state.recorder.as_ref();
-    let records_error = records.and_then(|r| r.last_error());
-    let cache = &state.policy.cache;
-    let policy_ok = cache.is_ready();
-    let policy_counts = cache.current().map(|s| s.counts()).unwrap_or_default();
-    let ready = tracking_ok && records_error.is_none() && policy_ok && !draining;
-    let body = json!({
-        "status": if ready { "ready" } else { "not ready" },
-        "draining": draining,
-        "checks": {
-            "tracking": {
-                "ok": tracking_ok,
-                "store": alloc.store_kind(),
-                "store_healthy": alloc.store_healthy(),
-                "buffered_numbers": alloc.buffered(),
-                "store_detail": alloc.store_report(),
-                "store_error": (!alloc.store_healthy()).then(|| alloc.last_error()).flatten(),
-            },
-            "records": match records {
-                None => json!({"ok": true, "mode": "off"}),
-                Some(r) => json!({
-                    "ok": records_error.is_none(),
-                    "mode": if r.mode() == Mode::Durable { "durable" } else { "async" },
-                    "store": r.sink_kind(),
-                    "queued": r.stats().queued.load(Ordering::Relaxed),
-                    "written": r.stats().written.load(Ordering::Relaxed),
-                    "error": records_error,
-                }),
-            },
-            "idempotency": {"store": state.idempotency.kind()},
-            "policy": {
-                "ok": policy_ok,
-                "source": cache.source(),
-                "users": policy_counts.users,
-                "user_policies": policy_counts.user_policies,
-                "last_error": cache.last_error(),
-            }
-        }
-    });
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    response::json(status, &body)
 }

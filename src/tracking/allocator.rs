@@ -8,6 +8,7 @@
 //! steady state no request waits for the store.
 
 use super::store::{Block, SequenceStore, StoreError};
+use crate::metrics;
 use arc_swap::ArcSwap;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -227,13 +228,28 @@ impl Allocator {
 
     /// Numbers available without asking the store.
     pub fn buffered(&self) -> u64 {
+        self.counts().1
+    }
+
+    /// Numbers issued by this allocator so far (reserved minus still buffered). Read at
+    /// scrape time, so the hot path counts nothing; a take racing with the read makes it
+    /// lag by a few numbers, never run ahead.
+    pub fn issued(&self) -> u64 {
+        let (reserved, buffered) = self.counts();
+        reserved.saturating_sub(buffered)
+    }
+
+    /// (reserved so far, buffered now), read under the standby lock so that a block moving
+    /// from standby to current (or being installed) is counted exactly once.
+    fn counts(&self) -> (u64, u64) {
         let standby = self
             .shared
             .standby
             .lock()
-            .map(|s| s.map_or(0, |b| b.count))
-            .unwrap_or(0);
-        self.shared.current.load().remaining() + standby
+            .unwrap_or_else(|p| p.into_inner());
+        let buffered = self.shared.current.load().remaining() + standby.map_or(0, |b| b.count);
+        let reserved = self.shared.reserved_total.load(Ordering::Relaxed);
+        (reserved, buffered)
     }
 
     /// Whether the store answered its last reservation.
@@ -326,6 +342,8 @@ impl ActorState {
                 count = block.count,
                 "surplus block dropped; its numbers are skipped"
             );
+            metrics::numbers_skipped(block.count);
+            return;
         }
         self.shared
             .reserved_total
@@ -371,6 +389,11 @@ impl Actor for AllocatorActor {
                     let started = Instant::now();
                     match st.store.reserve(size).await {
                         Ok(block) => {
+                            metrics::block_reserved(
+                                st.store.kind(),
+                                block.count,
+                                started.elapsed(),
+                            );
                             tracing::debug!(
                                 store = st.store.kind(),
                                 first = block.first,
@@ -390,6 +413,7 @@ impl Actor for AllocatorActor {
                         }
                         Err(e) => {
                             let exhausted = matches!(e, StoreError::Exhausted(_));
+                            metrics::store_failed(st.store.kind(), e.kind(), started.elapsed());
                             if st.shared.store_healthy.swap(false, Ordering::Relaxed) {
                                 tracing::error!(store = st.store.kind(), error = %e, "block reservation failed");
                             }

@@ -149,14 +149,23 @@ impl TrackdProcess {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(i) = line.find("listening on http://") {
-                    let addr = line[i + "listening on http://".len()..].trim().to_owned();
+                    // Text or JSON log line: the address ends at a quote or a space.
+                    let rest = &line[i + "listening on http://".len()..];
+                    let addr = rest.split(['"', ' ']).next().unwrap_or("").to_owned();
                     let _ = addr_tx.send(addr);
                 }
                 log2.lock().unwrap().push(line);
             }
         });
         let addr = match addr_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a.parse().expect("address in log"),
+            Ok(a) => match a.parse() {
+                Ok(addr) => addr,
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("no address in the log line ({e}): {a}");
+                }
+            },
             Err(_) => {
                 let _ = child.kill();
                 panic!(

@@ -2,7 +2,9 @@
 //! binary for signal tests), each test with its own data directory (and, for the policy API,
 //! its own PostgreSQL database or private PostgreSQL server).
 
+mod conformance;
 mod helpers;
+mod ops;
 mod policy;
 mod records;
 mod server;

@@ -44,6 +44,17 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The `kind` label of `trackd_sequence_store_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Exhausted(_) => "exhausted",
+            StoreError::Corrupt(_) => "corrupt",
+        }
+    }
+}
+
 pub type ReserveFuture<'a> = Pin<Box<dyn Future<Output = Result<Block, StoreError>> + Send + 'a>>;
 
 /// A durable source of unique sequence numbers.

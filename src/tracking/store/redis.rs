@@ -335,6 +335,7 @@ impl RedisStore {
                     if e.code() == Some("TRACKD_MISSING")
                         || e.code() == Some("TRACKD_BACKWARDS") =>
                 {
+                    crate::metrics::store_error("redis", "corrupt");
                     self.mark(shard, Err(e.to_string()));
                 }
                 Err(e) => {

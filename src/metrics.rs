@@ -1,0 +1,373 @@
+//! Every metric trackd exports: names, units, help text and histogram buckets live here and
+//! nowhere else; the rest of the code records through the helpers below.
+//!
+//! Conventions (Prometheus): `trackd_` prefix, base units in the name (`_seconds`, `_bytes`),
+//! `_total` on counters, route *templates* as labels, never an id, a tracking number or
+//! customer data. The recorder is installed once per process ([`install`]); `/metrics` renders
+//! it. The per-request HTTP metrics go through [`HttpMetrics`], a table of handles registered
+//! once per (route, method, status), so a request costs two atomic updates and no allocation.
+//! Values that can be read from state (numbers buffered, numbers issued, store health) are set
+//! at scrape time by [`refresh_tracking`] instead of being counted on the hot path.
+
+use metrics::{
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+// HTTP
+pub const HTTP_REQUESTS: &str = "trackd_http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "trackd_http_request_duration_seconds";
+// Tracking numbers and the sequence store
+pub const NUMBERS_ISSUED: &str = "trackd_tracking_numbers_issued_total";
+pub const NUMBERS_SKIPPED: &str = "trackd_tracking_numbers_skipped_total";
+pub const BLOCKS_RESERVED: &str = "trackd_sequence_blocks_reserved_total";
+pub const BLOCK_SIZE: &str = "trackd_sequence_block_size";
+pub const NUMBERS_BUFFERED: &str = "trackd_sequence_numbers_buffered";
+pub const STORE_LATENCY: &str = "trackd_sequence_store_latency_seconds";
+pub const STORE_ERRORS: &str = "trackd_sequence_store_errors_total";
+pub const STORE_UP: &str = "trackd_sequence_store_up";
+// Process
+pub const BUILD_INFO: &str = "trackd_build_info";
+pub const READY: &str = "trackd_ready";
+// Policy cache (recorded by the policy module)
+pub const POLICY_CACHE_ENTRIES: &str = "trackd_policy_cache_entries";
+pub const POLICY_CACHE_LOAD_DURATION: &str = "trackd_policy_cache_load_duration_seconds";
+pub const POLICY_CACHE_LAST_LOAD: &str = "trackd_policy_cache_last_load_timestamp_seconds";
+pub const POLICY_CACHE_REFRESH_FAILURES: &str = "trackd_policy_cache_refresh_failures_total";
+pub const POLICY_DUMP_BYTES: &str = "trackd_policy_dump_bytes_total";
+
+/// Request latency buckets: the issuance endpoint answers in tens of microseconds, a policy
+/// dump may take a second.
+const HTTP_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Store round trips: an fsync or a Redis/PostgreSQL call, up to the store timeout.
+const STORE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// A full policy cache load.
+const LOAD_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// The git revision baked in at build time (`TRACKD_REVISION=$(git rev-parse --short HEAD)`).
+const REVISION: &str = match option_env!("TRACKD_REVISION") {
+    Some(r) => r,
+    None => "unknown",
+};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder as the process's global recorder (once; later calls return
+/// the same handle, so several applications in one test process share it) and describes every
+/// metric.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_DURATION.into()), HTTP_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(STORE_LATENCY.into()), STORE_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(POLICY_CACHE_LOAD_DURATION.into()),
+                        LOAD_BUCKETS,
+                    )
+                })
+                .expect("bucket lists are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+            }
+            describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "revision" => REVISION)
+                .set(1.0);
+            handle
+        })
+        .clone()
+}
+
+/// Spawns the task that folds recorded histogram samples into their buckets every few
+/// seconds, so that memory stays bounded when nobody scrapes.
+pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    })
+}
+
+fn describe() {
+    describe_counter!(
+        HTTP_REQUESTS,
+        Unit::Count,
+        "HTTP requests answered, by route template, method and status code."
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from routing a request to its response head, by route template, method and status."
+    );
+    describe_counter!(
+        NUMBERS_ISSUED,
+        Unit::Count,
+        "Tracking numbers issued by this process."
+    );
+    describe_counter!(
+        NUMBERS_SKIPPED,
+        Unit::Count,
+        "Sequence numbers reserved but never issued (the rest of the blocks in hand at shutdown); skipped, never reused."
+    );
+    describe_counter!(
+        BLOCKS_RESERVED,
+        Unit::Count,
+        "Blocks of sequence numbers reserved from the sequence store."
+    );
+    describe_gauge!(
+        BLOCK_SIZE,
+        Unit::Count,
+        "Size of the last block reserved (adapts to the issue rate)."
+    );
+    describe_gauge!(
+        NUMBERS_BUFFERED,
+        Unit::Count,
+        "Numbers left in the current and standby blocks, issuable without the store."
+    );
+    describe_histogram!(
+        STORE_LATENCY,
+        Unit::Seconds,
+        "Duration of block reservations against the sequence store, failures included."
+    );
+    describe_counter!(
+        STORE_ERRORS,
+        Unit::Count,
+        "Sequence store failures, by kind: unavailable (unreachable, timeout), corrupt (counter loss or inconsistency, also per Redis shard taken out of service or re-probed), exhausted."
+    );
+    describe_gauge!(
+        STORE_UP,
+        Unit::Count,
+        "1 when the last reservation from the sequence store succeeded, else 0."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        Unit::Count,
+        "Always 1; the labels name the running version and git revision."
+    );
+    describe_gauge!(
+        READY,
+        Unit::Count,
+        "1 when /readyz answers 200, else 0 (sampled at scrape time)."
+    );
+    describe_gauge!(
+        POLICY_CACHE_ENTRIES,
+        Unit::Count,
+        "Rows held in the policy cache, by kind (users, policies, user_policies, ...)."
+    );
+    describe_histogram!(
+        POLICY_CACHE_LOAD_DURATION,
+        Unit::Seconds,
+        "Duration of full policy cache loads from PostgreSQL."
+    );
+    describe_gauge!(
+        POLICY_CACHE_LAST_LOAD,
+        Unit::Seconds,
+        "Unix time of the last successful policy cache load."
+    );
+    describe_counter!(
+        POLICY_CACHE_REFRESH_FAILURES,
+        Unit::Count,
+        "Policy cache refreshes that failed (the previous snapshot kept serving)."
+    );
+    describe_counter!(
+        POLICY_DUMP_BYTES,
+        Unit::Bytes,
+        "Bytes of user policy dumps produced, by format."
+    );
+}
+
+/// Methods get their own label value; any other method is `OTHER` (no unbounded labels).
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+];
+
+/// Status codes with pre-registered handles; another code goes through the registry (rare).
+const STATUSES: [u16; 17] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 405, 408, 413, 414, 429, 431, 500, 502, 503,
+];
+
+fn status_slot(status: u16) -> Option<usize> {
+    STATUSES.iter().position(|&s| s == status)
+}
+
+pub fn method_index(m: &hyper::Method) -> usize {
+    match *m {
+        hyper::Method::GET => 0,
+        hyper::Method::HEAD => 1,
+        hyper::Method::POST => 2,
+        hyper::Method::PUT => 3,
+        hyper::Method::DELETE => 4,
+        hyper::Method::PATCH => 5,
+        hyper::Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+/// Handles of the per-request metrics, registered on first use of each (route, method,
+/// status) and then reused: recording is two atomic updates, no label strings.
+pub struct HttpMetrics {
+    routes: &'static [&'static str],
+    cells: Box<[OnceLock<(Counter, Histogram)>]>,
+}
+
+impl HttpMetrics {
+    /// `routes` are the route templates; a request is recorded under one of their indexes.
+    pub fn new(routes: &'static [&'static str]) -> Self {
+        let n = routes.len() * METHODS.len() * STATUSES.len();
+        Self {
+            routes,
+            cells: (0..n).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    #[inline]
+    pub fn record(&self, route: usize, method: usize, status: u16, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        match status_slot(status) {
+            Some(s) if route < self.routes.len() && method < METHODS.len() => {
+                let i = (route * METHODS.len() + method) * STATUSES.len() + s;
+                let (c, h) = self.cells[i].get_or_init(|| self.register(route, method, status));
+                c.increment(1);
+                h.record(secs);
+            }
+            _ => {
+                let (c, h) = self.register(route, method, status);
+                c.increment(1);
+                h.record(secs);
+            }
+        }
+    }
+
+    #[cold]
+    fn register(&self, route: usize, method: usize, status: u16) -> (Counter, Histogram) {
+        let route = self.routes.get(route).copied().unwrap_or("unmatched");
+        let method = METHODS.get(method).copied().unwrap_or("OTHER");
+        let labels = [
+            ("route", route.to_owned()),
+            ("method", method.to_owned()),
+            ("status", status.to_string()),
+        ];
+        (
+            counter!(HTTP_REQUESTS, &labels),
+            histogram!(HTTP_REQUEST_DURATION, &labels),
+        )
+    }
+}
+
+/// A block was reserved from `store` in `elapsed`.
+pub fn block_reserved(store: &'static str, size: u64, elapsed: Duration) {
+    counter!(BLOCKS_RESERVED, "store" => store).increment(1);
+    gauge!(BLOCK_SIZE, "store" => store).set(size as f64);
+    histogram!(STORE_LATENCY, "store" => store).record(elapsed.as_secs_f64());
+    gauge!(STORE_UP, "store" => store).set(1.0);
+}
+
+/// A reservation from `store` failed after `elapsed`; `kind` is one of
+/// `unavailable`, `corrupt`, `exhausted`.
+pub fn store_failed(store: &'static str, kind: &'static str, elapsed: Duration) {
+    counter!(STORE_ERRORS, "store" => store, "kind" => kind).increment(1);
+    histogram!(STORE_LATENCY, "store" => store).record(elapsed.as_secs_f64());
+    gauge!(STORE_UP, "store" => store).set(0.0);
+}
+
+/// A store-internal failure that the reservation itself survived (e.g. one Redis shard's
+/// counter went backwards and the shard was taken out of service; another shard served).
+pub fn store_error(store: &'static str, kind: &'static str) {
+    counter!(STORE_ERRORS, "store" => store, "kind" => kind).increment(1);
+}
+
+/// `count` reserved numbers will never be issued (shutdown, a surplus block).
+pub fn numbers_skipped(count: u64) {
+    counter!(NUMBERS_SKIPPED).increment(count);
+}
+
+/// Values read from the allocator at scrape time.
+pub struct TrackingSnapshot {
+    pub store: &'static str,
+    pub issued: u64,
+    pub buffered: u64,
+    pub store_up: bool,
+    pub ready: bool,
+}
+
+/// Sets the scrape-time values (gauges, and the issued counter, which only moves forward).
+pub fn refresh_tracking(s: &TrackingSnapshot) {
+    counter!(NUMBERS_ISSUED).absolute(s.issued);
+    gauge!(NUMBERS_BUFFERED, "store" => s.store).set(s.buffered as f64);
+    gauge!(STORE_UP, "store" => s.store).set(if s.store_up { 1.0 } else { 0.0 });
+    gauge!(READY).set(if s.ready { 1.0 } else { 0.0 });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_conventions() {
+        for name in [
+            HTTP_REQUESTS,
+            HTTP_REQUEST_DURATION,
+            NUMBERS_ISSUED,
+            NUMBERS_SKIPPED,
+            BLOCKS_RESERVED,
+            BLOCK_SIZE,
+            NUMBERS_BUFFERED,
+            STORE_LATENCY,
+            STORE_ERRORS,
+            STORE_UP,
+            BUILD_INFO,
+            READY,
+            POLICY_CACHE_ENTRIES,
+            POLICY_CACHE_LOAD_DURATION,
+            POLICY_CACHE_LAST_LOAD,
+            POLICY_CACHE_REFRESH_FAILURES,
+            POLICY_DUMP_BYTES,
+        ] {
+            assert!(name.starts_with("trackd_"), "{name}");
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{name}"
+            );
+        }
+        for counter in [
+            HTTP_REQUESTS,
+            NUMBERS_ISSUED,
+            NUMBERS_SKIPPED,
+            BLOCKS_RESERVED,
+            STORE_ERRORS,
+            POLICY_CACHE_REFRESH_FAILURES,
+            POLICY_DUMP_BYTES,
+        ] {
+            assert!(counter.ends_with("_total"), "{counter}");
+        }
+        for b in [HTTP_BUCKETS, STORE_BUCKETS, LOAD_BUCKETS] {
+            assert!(b.windows(2).all(|w| w[0] < w[1]), "buckets ascend");
+        }
+    }
+
+    #[test]
+    fn every_method_and_known_status_has_a_slot() {
+        assert_eq!(method_index(&hyper::Method::GET), 0);
+        assert_eq!(METHODS[method_index(&hyper::Method::CONNECT)], "OTHER");
+        assert_eq!(status_slot(201), Some(1));
+        assert_eq!(status_slot(418), None);
+    }
+}
