@@ -72,17 +72,43 @@ pub fn unavailable(msg: &str, retry_after_secs: u64) -> Response<Body> {
 
 /// RFC 3339 in UTC with microseconds and `Z`, e.g. `2026-11-23T06:19:19.250019Z`.
 pub fn rfc3339_micros(t: OffsetDateTime) -> String {
+    let mut out = Vec::with_capacity(27);
+    push_rfc3339_micros(&mut out, t);
+    String::from_utf8(out).expect("digits and ASCII punctuation")
+}
+
+/// Appends [`rfc3339_micros`] to `out` without formatting machinery (it is on the hot path).
+pub fn push_rfc3339_micros(out: &mut Vec<u8>, t: OffsetDateTime) {
     let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        t.month() as u8,
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    )
+    fn digits(out: &mut Vec<u8>, v: u32, width: usize) {
+        let mut buf = [b'0'; 10];
+        let mut v = v;
+        for i in (0..width).rev() {
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&buf[..width]);
+    }
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        // Outside RFC 3339's four-digit years: never for a clock reading, but stay correct.
+        out.extend_from_slice(format!("{year:04}").as_bytes());
+    } else {
+        digits(out, year as u32, 4);
+    }
+    out.push(b'-');
+    digits(out, t.month() as u32, 2);
+    out.push(b'-');
+    digits(out, t.day() as u32, 2);
+    out.push(b'T');
+    digits(out, t.hour() as u32, 2);
+    out.push(b':');
+    digits(out, t.minute() as u32, 2);
+    out.push(b':');
+    digits(out, t.second() as u32, 2);
+    out.push(b'.');
+    digits(out, t.microsecond(), 6);
+    out.push(b'Z');
 }
 
 #[cfg(test)]
@@ -97,5 +123,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(rfc3339_micros(t), "2018-11-20T11:29:32.250000Z");
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_000).unwrap();
+        assert_eq!(rfc3339_micros(t), "1970-01-01T00:00:00.000001Z");
     }
 }

@@ -3,7 +3,7 @@
 //! retry with an `Idempotency-Key`; and `GET /api/tracking-numbers/<number>` (the record).
 
 use super::query::Query;
-use super::response::{self, Body, rfc3339_micros};
+use super::response::{self, Body, push_rfc3339_micros, rfc3339_micros};
 use crate::app::AppState;
 use crate::idempotency::{self, Begin};
 use crate::records::Record;
@@ -21,13 +21,29 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Largest label run.
 pub const MAX_COUNT: u64 = 1000;
 
-#[derive(Serialize)]
-struct IssuedBody<'a> {
-    tracking_number: &'a str,
-    customer_id: &'a str,
-    origin_country_id: &'a str,
-    destination_country_id: &'a str,
-    created_at: String,
+/// The 201 body of the GET, written by hand: every value is ASCII needing no escape (the
+/// number, a UUID, country codes, a timestamp), so this is byte-for-byte what serde_json would
+/// write (tested), without its machinery on the hottest path.
+fn single_body(
+    number: &str,
+    customer_id: &str,
+    origin: &str,
+    destination: &str,
+    issued_at: time::OffsetDateTime,
+) -> Vec<u8> {
+    let mut b = Vec::with_capacity(192);
+    b.extend_from_slice(b"{\"tracking_number\":\"");
+    b.extend_from_slice(number.as_bytes());
+    b.extend_from_slice(b"\",\"customer_id\":\"");
+    b.extend_from_slice(customer_id.as_bytes());
+    b.extend_from_slice(b"\",\"origin_country_id\":\"");
+    b.extend_from_slice(origin.as_bytes());
+    b.extend_from_slice(b"\",\"destination_country_id\":\"");
+    b.extend_from_slice(destination.as_bytes());
+    b.extend_from_slice(b"\",\"created_at\":\"");
+    push_rfc3339_micros(&mut b, issued_at);
+    b.extend_from_slice(b"\"}");
+    b
 }
 
 #[derive(Serialize)]
@@ -335,23 +351,60 @@ async fn issue(state: &AppState, order: &Order, count: Option<u64>) -> (StatusCo
     }
     let mut uuid_buf = uuid::Uuid::encode_buffer();
     let customer_id = order.customer_id.hyphenated().encode_lower(&mut uuid_buf);
-    let created_at = rfc3339_micros(issued[0].issued_at);
     let body = match count {
-        None => serde_json::to_vec(&IssuedBody {
-            tracking_number: issued[0].number.as_str(),
+        None => Ok(single_body(
+            issued[0].number.as_str(),
             customer_id,
-            origin_country_id: order.origin.as_str(),
-            destination_country_id: order.destination.as_str(),
-            created_at,
-        }),
+            order.origin.as_str(),
+            order.destination.as_str(),
+            issued[0].issued_at,
+        )),
         Some(_) => serde_json::to_vec(&BatchBody {
             count: issued.len(),
             tracking_numbers: issued.iter().map(|i| i.number.as_str()).collect(),
             customer_id,
             origin_country_id: order.origin.as_str(),
             destination_country_id: order.destination.as_str(),
-            created_at,
+            created_at: rfc3339_micros(issued[0].issued_at),
         }),
     };
     (StatusCode::CREATED, body.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hand_written_body_is_what_serde_json_writes() {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(1_763_878_759_250_019_000).unwrap();
+        let body = single_body(
+            "MYID7K2Q9XW4LB0T",
+            "de619854-b59b-425e-9db4-943979e1bd49",
+            "MY",
+            "ID",
+            t,
+        );
+        let expected = serde_json::to_vec(&serde_json::json!({
+            "tracking_number": "MYID7K2Q9XW4LB0T",
+            "customer_id": "de619854-b59b-425e-9db4-943979e1bd49",
+            "origin_country_id": "MY",
+            "destination_country_id": "ID",
+            "created_at": rfc3339_micros(t),
+        }))
+        .unwrap();
+        // serde_json's map keeps insertion order only with preserve_order: compare as values,
+        // and check the field order of the contract's example by hand.
+        let got: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            got,
+            serde_json::from_slice::<serde_json::Value>(&expected).unwrap()
+        );
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            "{\"tracking_number\":\"MYID7K2Q9XW4LB0T\",\"customer_id\":\"de619854-b59b-425e-9db4-943979e1bd49\",\
+             \"origin_country_id\":\"MY\",\"destination_country_id\":\"ID\",\
+             \"created_at\":\"2025-11-23T06:19:19.250019Z\"}"
+        );
+    }
 }
