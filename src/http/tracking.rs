@@ -66,9 +66,12 @@ pub async fn next_tracking_number(
         Ok(o) => o,
         Err(errors) => return response::json(StatusCode::BAD_REQUEST, &errors),
     };
-    idempotent(headers, state, fingerprint("GET", &order, None), || {
-        issue(state, &order, None)
-    })
+    idempotent(
+        headers,
+        state,
+        || fingerprint("GET", &order, None),
+        || issue(state, &order, None),
+    )
     .await
 }
 
@@ -95,7 +98,7 @@ pub async fn issue_batch(body: Incoming, headers: &HeaderMap, state: &AppState) 
     idempotent(
         headers,
         state,
-        fingerprint("POST", &order, Some(count)),
+        || fingerprint("POST", &order, Some(count)),
         || issue(state, &order, Some(count)),
     )
     .await
@@ -234,13 +237,14 @@ fn fingerprint(method: &str, o: &Order, count: Option<u64>) -> String {
 }
 
 /// Runs `answer` once per `Idempotency-Key` (if the request has one) and replays its answer.
-async fn idempotent<F, Fut>(
+async fn idempotent<P, F, Fut>(
     headers: &HeaderMap,
     state: &AppState,
-    fingerprint: String,
+    fingerprint: P,
     answer: F,
 ) -> Response<Body>
 where
+    P: FnOnce() -> String,
     F: FnOnce() -> Fut,
     Fut: Future<Output = (StatusCode, Vec<u8>)>,
 {
@@ -257,6 +261,8 @@ where
             );
         }
     };
+    // Built only for requests that carry a key.
+    let fingerprint = fingerprint();
     let store = &state.idempotency;
     match store.begin(key, &fingerprint, state.idempotency_wait).await {
         Err(e) => {

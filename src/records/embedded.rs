@@ -52,9 +52,11 @@ impl RecordSink for EmbeddedRecords {
                 let tx = db.begin_write().map_err(unavailable)?;
                 {
                     let mut t = tx.open_table(RECORDS).map_err(unavailable)?;
+                    let mut buf = Vec::with_capacity(256);
                     for r in batch.iter() {
-                        t.insert(r.seq, r.encode().as_slice())
-                            .map_err(unavailable)?;
+                        buf.clear();
+                        r.encode_into(&mut buf);
+                        t.insert(r.seq, buf.as_slice()).map_err(unavailable)?;
                     }
                 }
                 tx.commit().map_err(unavailable)

@@ -84,8 +84,15 @@ impl Record {
     /// A compact binary form for the embedded store (the sequence number is the key):
     /// version, country prefix, customer id, grams, issue and order instants (µs), name, slug.
     pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        self.encode_into(&mut b);
+        b
+    }
+
+    /// [`Record::encode`] appended to `b` (the writer reuses one buffer for a whole batch).
+    pub fn encode_into(&self, b: &mut Vec<u8>) {
         let (name, slug) = (self.customer_name.as_bytes(), self.customer_slug.as_bytes());
-        let mut b = Vec::with_capacity(1 + 4 + 16 + 4 + 8 + 9 + 4 + name.len() + slug.len());
+        b.reserve(1 + 4 + 16 + 4 + 8 + 9 + 4 + name.len() + slug.len());
         b.push(1);
         b.extend_from_slice(&self.number.as_str().as_bytes()[..4]);
         b.extend_from_slice(self.customer_id.as_bytes());
@@ -102,7 +109,6 @@ impl Record {
         b.extend_from_slice(name);
         b.extend_from_slice(&(slug.len() as u16).to_le_bytes());
         b.extend_from_slice(slug);
-        b
     }
 
     /// The inverse of [`Record::encode`]; `None` for bytes it did not write.
