@@ -176,21 +176,40 @@ fn check(number: &str) -> ExitCode {
     }
 }
 
+/// A single-threaded runtime for an operator command.
+fn command_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("trackd: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+/// An operator command's outcome: its message on stdout, or its error on stderr.
+fn report<E: std::fmt::Display>(result: Result<String, E>) -> ExitCode {
+    match result {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trackd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn seq(settings: Settings, action: SeqAction) -> ExitCode {
     let t = &settings.tracking;
     let Some(key) = settings.permutation_key() else {
         eprintln!("trackd: tracking.permutation_key must be set (the same on every instance)");
         return ExitCode::from(EXIT_CONFIG);
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match command_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("trackd: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = rt.block_on(async {
         match (t.sequence_store.as_str(), action) {
@@ -207,16 +226,7 @@ fn seq(settings: Settings, action: SeqAction) -> ExitCode {
             ))),
         }
     });
-    match result {
-        Ok(msg) => {
-            println!("{msg}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("trackd: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    report(result)
 }
 
 fn db(settings: &Settings, action: DbAction) -> ExitCode {
@@ -228,15 +238,9 @@ fn db(settings: &Settings, action: DbAction) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match command_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("trackd: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result: Result<String, String> = rt.block_on(async {
         let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -291,16 +295,7 @@ fn db(settings: &Settings, action: DbAction) -> ExitCode {
             }
         }
     });
-    match result {
-        Ok(msg) => {
-            println!("{msg}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("trackd: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    report(result)
 }
 
 fn serve(settings: Settings) -> ExitCode {

@@ -5,8 +5,7 @@
 use crate::helpers::*;
 use serde_json::Value;
 use std::io::Write;
-use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use trackd::app::Application;
 
@@ -267,106 +266,10 @@ async fn readiness_fails_while_draining() {
     server.await.unwrap();
 }
 
-/// A `redis-server` of the test's own on a free port, with an append-only file so that a
-/// restart keeps the counters; killed on drop, its log shown on failure.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> Option<Self> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            assert!(
-                std::env::var_os("TRACKD_CI").is_none(),
-                "redis-server is required in CI"
-            );
-            eprintln!("redis-server not installed: skipping");
-            return None;
-        }
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut s = Self {
-            child: None,
-            port,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        s.spawn();
-        Some(s)
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--logfile")
-            .arg(self.dir.path().join("redis.log"))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "redis-server did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM (Redis flushes its append-only file) and wait.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let _ = c.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[tokio::test]
 async fn readiness_follows_a_redis_outage() {
-    let Some(mut redis) = RedisServer::start() else {
-        return;
-    };
+    // Append-only with fsync always: the restart below keeps the counters.
+    let mut redis = crate::servers::RedisServer::start_durable();
     let tmp = tempfile::tempdir().unwrap();
     let configure = |s: &mut trackd::config::Settings| {
         s.tracking.sequence_store = "redis".into();
@@ -389,7 +292,7 @@ async fn readiness_follows_a_redis_outage() {
     wait_ready(&app, Duration::from_secs(5)).await;
     let before = app.issue().await;
 
-    redis.stop();
+    redis.kill();
     let t0 = Instant::now();
     while app.get(&format!("{PATH}?{ORDER_QUERY}")).await.status() == 201 {
         assert!(t0.elapsed() < Duration::from_secs(10));
@@ -405,7 +308,7 @@ async fn readiness_follows_a_redis_outage() {
         "{text}"
     );
 
-    redis.spawn();
+    redis.restart();
     wait_ready(&app, Duration::from_secs(10)).await;
     let after = app.issue().await;
     assert!(seq_of(&after) != seq_of(&before));
