@@ -195,18 +195,9 @@ async fn durable_mode_records_100k_numbers_with_their_exact_order_data() {
     every_number_is_recorded_with_its_order("durable").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigkill_in_durable_mode_loses_no_acknowledged_record() {
-    let db = PgDatabase::create();
-    let tmp = tempfile::tempdir().unwrap();
-    let url = db.url();
-    let proc = TrackdProcess::start(
-        tmp.path(),
-        &[
-            ("TRACKD_RECORDS__MODE", "durable"),
-            ("TRACKD_RECORDS__POSTGRES_URL", url.as_str()),
-        ],
-    );
+/// Concurrent clients issue numbers until `at_least` 201s have arrived, then the process is
+/// SIGKILLed; returns every number a client received with the order it sent.
+async fn issue_until_sigkill(proc: &TrackdProcess, at_least: usize) -> Vec<(String, Sent)> {
     let addr = proc.addr;
     let received = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -237,7 +228,7 @@ async fn sigkill_in_durable_mode_loses_no_acknowledged_record() {
             }
         }));
     }
-    while received.lock().unwrap().len() < 5_000 {
+    while received.lock().unwrap().len() < at_least {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     proc.signal("KILL");
@@ -245,7 +236,22 @@ async fn sigkill_in_durable_mode_loses_no_acknowledged_record() {
     for t in tasks {
         t.await.unwrap();
     }
-    let received = std::mem::take(&mut *received.lock().unwrap());
+    std::mem::take(&mut *received.lock().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_in_durable_mode_loses_no_acknowledged_record() {
+    let db = PgDatabase::create();
+    let tmp = tempfile::tempdir().unwrap();
+    let url = db.url();
+    let proc = TrackdProcess::start(
+        tmp.path(),
+        &[
+            ("TRACKD_RECORDS__MODE", "durable"),
+            ("TRACKD_RECORDS__POSTGRES_URL", url.as_str()),
+        ],
+    );
+    let received = issue_until_sigkill(&proc, 5_000).await;
     let records = records_in(&db.url()).await;
     for (n, sent) in &received {
         assert_eq!(
@@ -258,6 +264,47 @@ async fn sigkill_in_durable_mode_loses_no_acknowledged_record() {
         "{} acknowledged numbers, all recorded ({} records in all)",
         received.len(),
         records.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_in_durable_mode_with_the_embedded_store_loses_no_acknowledged_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [("TRACKD_RECORDS__MODE", "durable")];
+    let mut proc = TrackdProcess::start(tmp.path(), &env);
+    let received = issue_until_sigkill(&proc, 3_000).await;
+    proc.wait_exit(Duration::from_secs(5));
+    // Restarted on the same data directory, the instance finds every acknowledged record.
+    let again = TrackdProcess::start(tmp.path(), &env);
+    let client = reqwest::Client::new();
+    for (n, sent) in &received {
+        let r = client
+            .get(again.url(&format!("/api/tracking-numbers/{n}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{n} was answered 201 but has no record");
+        let v: Value = r.json().await.unwrap();
+        let want = expected(sent);
+        assert_eq!(v["origin_country_id"], want.origin.as_str(), "{n}");
+        assert_eq!(
+            v["destination_country_id"],
+            want.destination.as_str(),
+            "{n}"
+        );
+        assert_eq!(v["weight"], want.weight.as_str(), "{n}");
+        assert_eq!(v["customer_id"], want.customer_id.as_str(), "{n}");
+        assert_eq!(v["customer_name"], want.customer_name.as_str(), "{n}");
+        assert_eq!(v["customer_slug"], want.customer_slug.as_str(), "{n}");
+        assert_eq!(
+            v["order_created_at"].as_str(),
+            want.order_created_at.as_deref(),
+            "{n}"
+        );
+    }
+    eprintln!(
+        "{} acknowledged numbers, all found after the SIGKILL",
+        received.len()
     );
 }
 
