@@ -25,6 +25,19 @@ use tokio::net::TcpListener;
 /// Concurrent record writers in durable mode (and PostgreSQL connections they use).
 const RECORD_WRITERS: usize = 4;
 
+/// The data directory's redb file, opened once for whoever needs it first.
+fn embedded_db(
+    slot: &mut Option<Arc<redb::Database>>,
+    data_dir: &std::path::Path,
+) -> Result<Arc<redb::Database>, StartError> {
+    if let Some(db) = slot {
+        return Ok(Arc::clone(db));
+    }
+    let db = embedded_records::open(data_dir).map_err(StartError::Database)?;
+    *slot = Some(Arc::clone(&db));
+    Ok(db)
+}
+
 /// State shared by all request handlers.
 pub struct AppState {
     pub tracking: TrackingService,
@@ -119,27 +132,22 @@ impl Application {
 
         // The embedded redb file holds records and idempotency keys when nothing shared does.
         let r = &settings.records;
-        let needs_db =
-            (r.mode != "off" && r.postgres_url.is_empty()) || t.sequence_store != "redis";
-        let db = if needs_db {
-            Some(embedded_records::open(&settings.storage.data_dir).map_err(StartError::Database)?)
-        } else {
+        // The embedded redb file holds records and idempotency keys when nothing shared does;
+        // opened on first need.
+        let mut db = None;
+        let record_sink: Option<Arc<dyn RecordSink>> = if r.mode == "off" {
             None
-        };
-        let record_sink: Option<Arc<dyn RecordSink>> = match (r.mode.as_str(), &db) {
-            ("off", _) => None,
-            _ if !r.postgres_url.is_empty() => {
-                Some(Arc::new(postgres_records::PostgresRecords::new(
-                    &r.postgres_url,
-                    ms(t.store_timeout_ms),
-                    RECORD_WRITERS,
-                )))
-            }
-            (_, Some(db)) => Some(Arc::new(embedded_records::EmbeddedRecords::new(
-                Arc::clone(db),
+        } else if !r.postgres_url.is_empty() {
+            Some(Arc::new(postgres_records::PostgresRecords::new(
+                &r.postgres_url,
+                ms(t.store_timeout_ms),
+                RECORD_WRITERS,
+            )))
+        } else {
+            Some(Arc::new(embedded_records::EmbeddedRecords::new(
+                embedded_db(&mut db, &settings.storage.data_dir)?,
                 tracking.permutation().clone(),
-            ))),
-            (_, None) => None,
+            )))
         };
         let recorder = record_sink.as_ref().map(|sink| {
             Arc::new(Recorder::start(
@@ -164,18 +172,15 @@ impl Application {
                 },
             ))
         });
-        let idempotency = match (&db, t.sequence_store.as_str()) {
-            (_, "redis") => Idempotency::redis(
-                t.redis_url
-                    .split(',')
-                    .map(|u| u.trim().to_owned())
-                    .collect(),
+        let idempotency = if t.sequence_store == "redis" {
+            Idempotency::redis(
+                t.redis_urls(),
                 t.redis_cluster,
                 &t.redis_key_prefix,
                 ms(t.store_timeout_ms),
-            ),
-            (Some(db), _) => Idempotency::embedded(Arc::clone(db)),
-            (None, _) => unreachable!("the embedded database is opened unless Redis is configured"),
+            )
+        } else {
+            Idempotency::embedded(embedded_db(&mut db, &settings.storage.data_dir)?)
         };
         let (policy, policy_actor) = crate::policy::start(&settings.policy)
             .await

@@ -81,6 +81,16 @@ pub struct TrackingSettings {
     pub block_target_ms: u64,
 }
 
+impl TrackingSettings {
+    /// `redis_url` as a list: one URL, or a cluster's comma-separated seed nodes.
+    pub fn redis_urls(&self) -> Vec<String> {
+        self.redis_url
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .collect()
+    }
+}
+
 impl std::fmt::Debug for TrackingSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TrackingSettings")
@@ -340,7 +350,7 @@ impl Settings {
             )),
         }
         if t.sequence_store == "redis" {
-            let urls: Vec<&str> = t.redis_url.split(',').map(str::trim).collect();
+            let urls = t.redis_urls();
             for u in &urls {
                 if redis::parse_redis_url(u).is_none() {
                     e.push(format!(

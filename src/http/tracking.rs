@@ -12,9 +12,12 @@ use crate::tracking::order::{FieldErrors, Order};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
+
+/// Parsed once: a header looked up by `&str` is parsed again on every request.
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Largest accepted `POST /api/tracking-numbers` body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -248,7 +251,7 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = (StatusCode, Vec<u8>)>,
 {
-    let Some(raw) = headers.get("idempotency-key") else {
+    let Some(raw) = headers.get(&IDEMPOTENCY_KEY) else {
         let (status, body) = answer().await;
         return finish(status, body, state);
     };

@@ -102,8 +102,8 @@ pub struct Policy {
     category: u32,
 }
 
-/// One user, borrowed from a snapshot.
-#[derive(Debug, Clone, Copy)]
+/// One user, borrowed from a snapshot; its serde form is a `user_list/` entry.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct UserRef<'a> {
     pub id: i64,
     pub first_name: &'a str,

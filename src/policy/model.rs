@@ -117,7 +117,7 @@ impl Serialize for Timestamp {
 // `user_policy/` and `user_list/` bodies are written straight into the output buffer: strings
 // without characters to escape are copied as they are (the common case), numbers with `itoa`,
 // timestamps with `format_fast`. The output is byte-for-byte what serde_json writes for the
-// `UserPolicyJson`/`UserJson` structs below (tested).
+// `UserPolicyJson` struct below and the serde form of `UserRef` (tested).
 
 /// A JSON string: copied when nothing needs escaping, else escaped by serde_json.
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -204,30 +204,6 @@ pub fn write_user_policies(out: &mut Vec<u8>, snap: &Snapshot, i: usize) {
     out.push(b']');
 }
 
-/// One entry of `user_list/`.
-#[derive(Serialize)]
-pub struct UserJson<'a> {
-    pub id: i64,
-    pub first_name: &'a str,
-    pub last_name: &'a str,
-    pub profession: &'a str,
-    pub email: &'a str,
-    pub mobile: &'a str,
-}
-
-impl<'a> From<UserRef<'a>> for UserJson<'a> {
-    fn from(u: UserRef<'a>) -> Self {
-        Self {
-            id: u.id,
-            first_name: u.first_name,
-            last_name: u.last_name,
-            profession: u.profession,
-            email: u.email,
-            mobile: u.mobile,
-        }
-    }
-}
-
 /// One entry of `user_policy/<id>/`.
 #[derive(Serialize)]
 #[allow(non_snake_case)]
@@ -309,7 +285,7 @@ mod tests {
                 let u = snap.user(i);
                 let mut out = Vec::new();
                 write_user(&mut out, &u);
-                assert_eq!(out, serde_json::to_vec(&UserJson::from(u)).unwrap());
+                assert_eq!(out, serde_json::to_vec(&u).unwrap());
                 let mut out = Vec::new();
                 write_user_policies(&mut out, &snap, i);
                 let rows: Vec<UserPolicyJson<'_>> = snap

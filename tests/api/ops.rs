@@ -46,6 +46,14 @@ async fn scrape(app: &TestApp) -> String {
 }
 
 /// The value of the first sample whose line starts with `prefix` (name and labels).
+/// Asserts that the scraped sample `prefix` is at least `min`.
+fn assert_at_least(text: &str, prefix: &str, min: f64) {
+    assert!(
+        sample(text, prefix).is_some_and(|v| v >= min),
+        "{prefix} below {min}:\n{text}"
+    );
+}
+
 fn sample(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
@@ -208,13 +216,10 @@ async fn readiness_fails_while_the_embedded_store_is_down_and_recovers() {
     assert_eq!(v["checks"]["tracking"]["ok"], false);
     assert!(v["detail"].as_str().unwrap().contains("tracking"), "{v}");
     let text = scrape(&app).await;
-    assert!(
-        sample(
-            &text,
-            r#"trackd_sequence_store_errors_total{store="embedded",kind="unavailable"}"#
-        )
-        .is_some_and(|v| v >= 1.0),
-        "{text}"
+    assert_at_least(
+        &text,
+        r#"trackd_sequence_store_errors_total{store="embedded",kind="unavailable"}"#,
+        1.0,
     );
     assert_eq!(app.get("/healthz").await.status(), 200, "still alive");
     std::fs::rename(&moved, &dir).unwrap();
@@ -334,13 +339,10 @@ async fn readiness_follows_a_redis_outage() {
         "{v}"
     );
     let text = scrape(&app).await;
-    assert!(
-        sample(
-            &text,
-            r#"trackd_sequence_store_errors_total{store="redis",kind="corrupt"}"#
-        )
-        .is_some_and(|v| v >= 2.0),
-        "{text}"
+    assert_at_least(
+        &text,
+        r#"trackd_sequence_store_errors_total{store="redis",kind="corrupt"}"#,
+        2.0,
     );
     app.stop().await;
 }

@@ -78,11 +78,7 @@ pub trait SequenceStore: Send + Sync + 'static {
 /// The Redis store described by the configuration.
 pub fn redis_from(t: &TrackingSettings, key: &PermutationKey) -> redis::RedisStore {
     redis::RedisStore::new(redis::RedisConfig {
-        urls: t
-            .redis_url
-            .split(',')
-            .map(|u| u.trim().to_owned())
-            .collect(),
+        urls: t.redis_urls(),
         cluster: t.redis_cluster,
         prefix: t.redis_key_prefix.clone(),
         shards: t.redis_shards,
