@@ -6,7 +6,6 @@ use super::query::Query;
 use super::response::{self, Body, push_rfc3339_micros, rfc3339_micros};
 use crate::app::AppState;
 use crate::idempotency::{self, Begin};
-use crate::records::Record;
 use crate::tracking::number::TrackingNumber;
 use crate::tracking::order::{FieldErrors, Order};
 use bytes::Bytes;
@@ -349,14 +348,13 @@ async fn issue(state: &AppState, order: &Order, count: Option<u64>) -> (StatusCo
             }
         }
     }
-    if let Some(recorder) = &state.recorder {
-        let records = issued.iter().map(|i| Record::new(order, i)).collect();
-        if let Err(e) = recorder.record(records).await {
-            tracing::warn!(error = %e, "numbers not recorded: not issued");
-            return unavailable_body(
-                "Issued numbers cannot be recorded right now: the record store is behind or unreachable. Retry later.",
-            );
-        }
+    if let Some(recorder) = &state.recorder
+        && let Err(e) = recorder.record(order, &issued).await
+    {
+        tracing::warn!(error = %e, "numbers not recorded: not issued");
+        return unavailable_body(
+            "Issued numbers cannot be recorded right now: the record store is behind or unreachable. Retry later.",
+        );
     }
     let mut uuid_buf = uuid::Uuid::encode_buffer();
     let customer_id = order.customer_id.hyphenated().encode_lower(&mut uuid_buf);

@@ -1,16 +1,30 @@
 //! The embedded record store: a redb database (`trackd.redb` in the data directory) holding
-//! the records by number and the idempotency keys; every batch is one fsync'd transaction.
+//! the records by sequence and the idempotency keys, behind a write-ahead journal
+//! (`records-journal/`): each batch is made durable by one journal fsync, then applied to the
+//! redb index without a sync; the index is committed durably at each journal checkpoint.
 
-use super::{Record, RecordSink, SinkError, SinkFuture};
+use super::journal::{self, Journal};
+use super::writer::BlockingSink;
+use super::{Batch, Entry, Record, RecordSink, SinkError, SinkFuture};
 use crate::tracking::number::TrackingNumber;
 use crate::tracking::permute::Permutation;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
-/// sequence number → [`Record::encode`]. Keyed by sequence, not by the (pseudo-random)
-/// tracking number, so a batch appends to the tree's last pages instead of dirtying a random
-/// page per record; a lookup inverts the permutation to find the key.
+/// `seq >> GROUP_BITS` → the records of those sequence numbers, as [`Batch`] entries in
+/// sequence order. Keyed by sequence, not by the (pseudo-random) tracking number, so writes
+/// append to the tree's last pages, and grouped so that one insert carries up to 32 records
+/// (one insert per record was most of the index's cost); a lookup inverts the permutation to
+/// find the key.
+pub const RECORD_GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("record_groups");
+const GROUP_BITS: u32 = 5;
+
+/// sequence number → [`Record::encode`]: how trackd 0.1 kept records before grouping; still
+/// read by lookups.
 pub const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records_by_seq");
 
 /// Opens (or creates) the data directory's redb file, shared by records and idempotency keys.
@@ -21,45 +35,313 @@ pub fn open(data_dir: &Path) -> Result<Arc<Database>, String> {
     // Create the tables once so that readers never find them missing.
     let tx = db.begin_write().map_err(|e| e.to_string())?;
     tx.open_table(RECORDS).map_err(|e| e.to_string())?;
+    tx.open_table(RECORD_GROUPS).map_err(|e| e.to_string())?;
+    tx.open_table(META).map_err(|e| e.to_string())?;
     tx.open_table(crate::idempotency::IDEMPOTENCY)
         .map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| e.to_string())?;
     Ok(Arc::new(db))
 }
 
+/// Bookkeeping: the journal checkpoint.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Every journal segment below this number is applied to the records table durably.
+const CHECKPOINT: &str = "journal_checkpoint";
+
+#[derive(Clone)]
 pub struct EmbeddedRecords {
-    db: Arc<Database>,
+    index: Arc<Index>,
+    _indexer: Arc<Indexer>,
     permutation: Permutation,
+    journal: Arc<Mutex<JournalState>>,
 }
 
-impl EmbeddedRecords {
-    pub fn new(db: Arc<Database>, permutation: Permutation) -> Self {
-        Self { db, permutation }
-    }
+struct JournalState {
+    journal: Journal,
+    /// An append failed: its frame may be half on disk, so writing moves to a new segment.
+    broken: bool,
+}
+
+/// The redb records table and the journaled batches not yet applied to it.
+struct Index {
+    db: Arc<Database>,
+    /// Journaled batches not yet in the records table, oldest first; lookups search them too.
+    unapplied: Mutex<Vec<Arc<Batch>>>,
+    /// Signalled when `unapplied` gains its first batch.
+    wake: Condvar,
+    /// Held while applying (by the indexer thread, or by a checkpoint).
+    applying: Mutex<()>,
+    /// Tells the indexer thread to finish.
+    stop: AtomicBool,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> SinkError {
     SinkError::Unavailable(format!("redb: {e}"))
 }
 
+/// Applies batches to the records table: their entries are merged into the groups they
+/// belong to (applying an entry twice is harmless: same sequence, same record).
+fn apply(tx: &redb::WriteTransaction, batches: &[Arc<Batch>]) -> Result<(), redb::Error> {
+    let mut groups: BTreeMap<u64, BTreeMap<u64, Entry<'_>>> = BTreeMap::new();
+    for b in batches {
+        for e in b.entries() {
+            groups
+                .entry(e.seq >> GROUP_BITS)
+                .or_default()
+                .insert(e.seq, e);
+        }
+    }
+    let mut t = tx.open_table(RECORD_GROUPS)?;
+    let mut merged = Batch::default();
+    for (group, entries) in groups {
+        let stored = t.get(group)?.map(|v| v.value().to_vec());
+        let stored = stored.and_then(Batch::from_bytes);
+        let mut entries = entries;
+        if let Some(old) = &stored {
+            for e in old.entries() {
+                entries.entry(e.seq).or_insert(e);
+            }
+        }
+        merged.clear();
+        for e in entries.values() {
+            merged.push_entry(e);
+        }
+        t.insert(group, merged.as_bytes())?;
+    }
+    Ok(())
+}
+
+impl Index {
+    /// Applies the unapplied batches in one transaction: without a sync, or, with
+    /// `checkpoint`, durably and recording that journal segments below it are applied.
+    fn apply_pending(&self, checkpoint: Option<u64>) -> Result<(), redb::Error> {
+        let _applying = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let batches = self.unapplied().clone();
+        if batches.is_empty() && checkpoint.is_none() {
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write()?;
+        if checkpoint.is_none() {
+            // Durable through the journal; the index is synced at the next checkpoint.
+            tx.set_durability(Durability::None)?;
+        }
+        apply(&tx, &batches)?;
+        if let Some(segment) = checkpoint {
+            tx.open_table(META)?.insert(CHECKPOINT, segment)?;
+        }
+        tx.commit()?;
+        // Only now do lookups stop finding them in the list (others may have joined it).
+        self.unapplied().drain(..batches.len());
+        Ok(())
+    }
+
+    fn unapplied(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Batch>>> {
+        self.unapplied.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The indexer thread: applies what the journal took, one transaction per `interval`, so
+    /// the cost of a redb commit is shared by many batches. Ends when told to stop, after
+    /// applying what is listed.
+    fn run(&self, interval: Duration) {
+        loop {
+            {
+                let mut pending = self.unapplied();
+                loop {
+                    if self.stop.load(Ordering::Acquire) {
+                        drop(pending);
+                        if let Err(e) = self.apply_pending(None) {
+                            tracing::warn!(error = %e, "records left to the journal's replay");
+                        }
+                        return;
+                    }
+                    if !pending.is_empty() {
+                        break;
+                    }
+                    pending = self.wake.wait(pending).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+            std::thread::sleep(interval);
+            if let Err(e) = self.apply_pending(None) {
+                // The batches stay listed (and journaled): retried, and applied by the next
+                // checkpoint at the latest.
+                tracing::error!(error = %e, "applying journaled records to redb failed; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Runs [`Index::run`] on its thread; dropping it (with the last handle on the store) stops
+/// and joins the thread, which releases the redb file.
+struct Indexer {
+    index: Arc<Index>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Indexer {
+    fn drop(&mut self) {
+        {
+            let _pending = self.index.unapplied();
+            self.index.stop.store(true, Ordering::Release);
+        }
+        self.index.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl EmbeddedRecords {
+    /// The records table of `db` behind the journal in `journal_dir`: frames written after the
+    /// last checkpoint (by a run that crashed) are applied first. Journaled batches are applied
+    /// to the table every `index_interval`.
+    pub fn open(
+        db: Arc<Database>,
+        permutation: Permutation,
+        journal_dir: &Path,
+        index_interval: Duration,
+    ) -> Result<Self, String> {
+        Self::open_with(
+            db,
+            permutation,
+            journal_dir,
+            index_interval,
+            journal::SEGMENT_BYTES,
+        )
+    }
+
+    pub fn open_with(
+        db: Arc<Database>,
+        permutation: Permutation,
+        journal_dir: &Path,
+        index_interval: Duration,
+        segment_bytes: u64,
+    ) -> Result<Self, String> {
+        let where_ = |e: &dyn std::fmt::Display| format!("{}: {e}", journal_dir.display());
+        let from = {
+            let tx = db.begin_read().map_err(|e| e.to_string())?;
+            let meta = tx.open_table(META).map_err(|e| e.to_string())?;
+            let v = meta.get(CHECKPOINT).map_err(|e| e.to_string())?;
+            v.map_or(0, |v| v.value())
+        };
+        let replay = journal::replay(journal_dir, from).map_err(|e| where_(&e))?;
+        let mut replayed = 0;
+        let mut batches = Vec::new();
+        for payload in replay.payloads {
+            match Batch::from_bytes(payload) {
+                Some(batch) => {
+                    replayed += batch.len();
+                    batches.push(Arc::new(batch));
+                }
+                None => tracing::warn!("skipped a journal frame that is not a batch of records"),
+            }
+        }
+        let index = Arc::new(Index {
+            db,
+            unapplied: Mutex::new(batches),
+            wake: Condvar::new(),
+            applying: Mutex::new(()),
+            stop: AtomicBool::new(false),
+        });
+        index
+            .apply_pending(Some(replay.next_segment))
+            .map_err(|e| e.to_string())?;
+        if replayed > 0 {
+            tracing::info!(records = replayed, "records replayed from the journal");
+        }
+        let journal = Journal::start(journal_dir, replay.next_segment, segment_bytes)
+            .map_err(|e| where_(&e))?;
+        let thread = {
+            let index = Arc::clone(&index);
+            std::thread::Builder::new()
+                .name("trackd-indexer".into())
+                .spawn(move || index.run(index_interval))
+                .map_err(|e| format!("starting the record indexer: {e}"))?
+        };
+        Ok(Self {
+            _indexer: Arc::new(Indexer {
+                index: Arc::clone(&index),
+                thread: Some(thread),
+            }),
+            index,
+            permutation,
+            journal: Arc::new(Mutex::new(JournalState {
+                journal,
+                broken: false,
+            })),
+        })
+    }
+}
+
+impl BlockingSink for EmbeddedRecords {
+    /// Journals the batch; it is committed once its sync returns. A retried batch is appended
+    /// again: replaying it twice is harmless.
+    fn write_blocking(&self, batch: &Arc<Batch>) -> Result<(), SinkError> {
+        let batch = Arc::clone(batch);
+        let mut st = self.journal.lock().map_err(unavailable)?;
+        if st.broken || st.journal.is_full_for(batch.as_bytes()) {
+            // Everything journaled so far goes into the index durably; then the
+            // segment can be reused.
+            self.index
+                .apply_pending(Some(st.journal.segment() + 1))
+                .map_err(unavailable)?;
+            st.journal.rotate().map_err(unavailable)?;
+            st.broken = false;
+        }
+        let to_sync = match st.journal.write(batch.as_bytes()) {
+            Ok(f) => f,
+            Err(e) => {
+                st.broken = true;
+                return Err(unavailable(format!("journal: {e}")));
+            }
+        };
+        // Listed before it is synced, under the journal lock: a checkpoint that
+        // retires this segment applies it. Lookups may see it a moment before its
+        // request is answered.
+        {
+            let mut pending = self.index.unapplied();
+            pending.push(batch);
+            if pending.len() == 1 {
+                self.index.wake.notify_one();
+            }
+        }
+        drop(st);
+        // Committed once written (direct I/O) or once its sync returns (other writers' frames
+        // may share that sync).
+        let Some(file) = to_sync else {
+            return Ok(());
+        };
+        file.sync_data().map_err(|e| {
+            if let Ok(mut st) = self.journal.lock() {
+                st.broken = true;
+            }
+            unavailable(format!("journal: {e}"))
+        })
+    }
+}
+
 impl RecordSink for EmbeddedRecords {
-    fn write(&self, batch: Arc<Vec<Record>>, _retry: bool) -> SinkFuture<'_, ()> {
-        // Inserting is idempotent (same key, same value), so a retry needs nothing special.
-        // Encoding and the commit both run on a blocking thread, off the request workers.
-        let db = Arc::clone(&self.db);
+    fn write(&self, batch: Arc<Batch>, _retry: bool) -> SinkFuture<'_, ()> {
+        // The recorder writes through `write_blocking` on its own threads; this is the same
+        // on the blocking pool.
+        Box::pin(async move {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || this.write_blocking(&batch))
+                .await
+                .map_err(unavailable)?
+        })
+    }
+
+    fn close(&self) -> SinkFuture<'_, ()> {
+        let index = Arc::clone(&self.index);
+        let state = Arc::clone(&self.journal);
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                let tx = db.begin_write().map_err(unavailable)?;
-                {
-                    let mut t = tx.open_table(RECORDS).map_err(unavailable)?;
-                    let mut buf = Vec::with_capacity(256);
-                    for r in batch.iter() {
-                        buf.clear();
-                        r.encode_into(&mut buf);
-                        t.insert(r.seq, buf.as_slice()).map_err(unavailable)?;
-                    }
-                }
-                tx.commit().map_err(unavailable)
+                let st = state.lock().map_err(unavailable)?;
+                // Everything into the index, durably: the next start has nothing to replay.
+                index
+                    .apply_pending(Some(st.journal.segment() + 1))
+                    .map_err(unavailable)
             })
             .await
             .map_err(unavailable)?
@@ -70,15 +352,40 @@ impl RecordSink for EmbeddedRecords {
         &'a self,
         number: &'a TrackingNumber,
     ) -> SinkFuture<'a, Option<serde_json::Value>> {
-        let db = Arc::clone(&self.db);
+        let index = Arc::clone(&self.index);
         let number = *number;
         let seq = self.permutation.invert(number.code());
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                let tx = db.begin_read().map_err(unavailable)?;
-                let t = tx.open_table(RECORDS).map_err(unavailable)?;
-                let v = t.get(seq).map_err(unavailable)?;
-                Ok(v.and_then(|v| Record::decode(seq, number, v.value()))
+                // The list first: a batch leaves it only after its redb commit.
+                let recent = index.unapplied().clone();
+                let listed = recent
+                    .iter()
+                    .rev()
+                    .find_map(|b| b.entries().find(|e| e.seq == seq).map(|e| e.value.to_vec()));
+                let value = match listed {
+                    Some(v) => Some(v),
+                    None => {
+                        let tx = index.db.begin_read().map_err(unavailable)?;
+                        let groups = tx.open_table(RECORD_GROUPS).map_err(unavailable)?;
+                        let group = groups.get(seq >> GROUP_BITS).map_err(unavailable)?;
+                        let grouped = group
+                            .and_then(|g| Batch::from_bytes(g.value().to_vec()))
+                            .and_then(|b| {
+                                b.entries().find(|e| e.seq == seq).map(|e| e.value.to_vec())
+                            });
+                        match grouped {
+                            Some(v) => Some(v),
+                            None => {
+                                let legacy = tx.open_table(RECORDS).map_err(unavailable)?;
+                                let v = legacy.get(seq).map_err(unavailable)?;
+                                v.map(|v| v.value().to_vec())
+                            }
+                        }
+                    }
+                };
+                Ok(value
+                    .and_then(|v| Record::decode(seq, number, &v))
                     .map(|r| r.to_json()))
             })
             .await
@@ -88,5 +395,111 @@ impl RecordSink for EmbeddedRecords {
 
     fn kind(&self) -> &'static str {
         "embedded"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracking::country::CountryCode;
+    use crate::tracking::permute::PermutationKey;
+    use time::OffsetDateTime;
+    use uuid::Uuid;
+
+    fn permutation() -> Permutation {
+        Permutation::new(&PermutationKey(*b"embedded-tests-0"))
+    }
+
+    /// Batches of records for sequences `from..from + n` in batches of `per`.
+    fn batches(p: &Permutation, from: u64, n: u64, per: u64) -> Vec<(Arc<Batch>, Vec<Record>)> {
+        let (my, id) = (
+            CountryCode::from_upper(*b"MY").unwrap(),
+            CountryCode::from_upper(*b"ID").unwrap(),
+        );
+        let t = OffsetDateTime::from_unix_timestamp(1_763_000_000).unwrap();
+        (from..from + n)
+            .collect::<Vec<_>>()
+            .chunks(per as usize)
+            .map(|seqs| {
+                let records: Vec<Record> = seqs
+                    .iter()
+                    .map(|&seq| Record {
+                        seq,
+                        number: TrackingNumber::new(my, id, p.permute(seq)),
+                        customer_id: Uuid::from_u128(seq as u128),
+                        customer_name: format!("Customer {seq} Łódź"),
+                        customer_slug: format!("customer-{seq}"),
+                        weight_grams: 1 + seq as u32,
+                        order_created_at: None,
+                        issued_at: t,
+                    })
+                    .collect();
+                let mut b = Batch::default();
+                for r in &records {
+                    b.push(&r.as_ref());
+                }
+                (Arc::new(b), records)
+            })
+            .collect()
+    }
+
+    async fn assert_found(store: &EmbeddedRecords, records: &[Record]) {
+        for r in records {
+            let found = store.lookup(&r.number).await.unwrap();
+            assert_eq!(found, Some(r.to_json()), "record of sequence {}", r.seq);
+        }
+    }
+
+    fn open(dir: &Path, db: &str, segment_bytes: u64) -> EmbeddedRecords {
+        let db = super::open(&dir.join(db)).unwrap();
+        EmbeddedRecords::open_with(
+            db,
+            permutation(),
+            &dir.join("journal"),
+            Duration::from_millis(5),
+            segment_bytes,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn records_survive_segment_rotations_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = permutation();
+        // Two frames per segment: many rotations (checkpoints) on the way.
+        let store = open(dir.path(), "a", 2 * 4096);
+        let written = batches(&p, 5_000, 400, 20);
+        for (b, _) in &written {
+            store.write_blocking(b).unwrap();
+        }
+        let all: Vec<Record> = written.into_iter().flat_map(|(_, r)| r).collect();
+        // Found at once (listed, not yet in redb) and after the indexer applied them.
+        assert_found(&store, &all).await;
+        std::thread::sleep(Duration::from_millis(50));
+        assert_found(&store, &all).await;
+        let unknown = TrackingNumber::new(all[0].number.origin(), all[0].number.destination(), 7);
+        assert_eq!(store.lookup(&unknown).await.unwrap(), None);
+        store.close().await.unwrap();
+        drop(store);
+        let store = open(dir.path(), "a", 2 * 4096);
+        assert_found(&store, &all).await;
+    }
+
+    #[tokio::test]
+    async fn frames_after_the_checkpoint_are_replayed_into_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = permutation();
+        let store = open(dir.path(), "a", 1 << 20);
+        let written = batches(&p, 70, 100, 7);
+        for (b, _) in &written {
+            store.write_blocking(b).unwrap();
+        }
+        drop(store);
+        // An index that never saw them (as after a crash that lost redb's unsynced commits):
+        // the journal brings them back.
+        let store = open(dir.path(), "b", 1 << 20);
+        let all: Vec<Record> = written.into_iter().flat_map(|(_, r)| r).collect();
+        assert!(store.index.unapplied().is_empty(), "replayed at open");
+        assert_found(&store, &all).await;
     }
 }

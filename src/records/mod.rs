@@ -3,6 +3,7 @@
 //! `durable` (group commit) mode; and looked up by number.
 
 pub mod embedded;
+pub mod journal;
 pub mod postgres;
 pub mod writer;
 
@@ -35,19 +36,6 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(order: &Order, issued: &Issued) -> Self {
-        Self {
-            seq: issued.seq,
-            number: issued.number,
-            customer_id: order.customer_id,
-            customer_name: order.customer_name.as_str().to_owned(),
-            customer_slug: order.customer_slug.as_str().to_owned(),
-            weight_grams: order.weight.grams(),
-            order_created_at: order.created_at,
-            issued_at: issued.issued_at,
-        }
-    }
-
     pub fn origin(&self) -> &str {
         &self.number.as_str()[..2]
     }
@@ -80,16 +68,37 @@ fn from_micros(us: i64) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000).ok()
 }
 
-impl Record {
-    /// A compact binary form for the embedded store (the sequence number is the key):
-    /// version, country prefix, customer id, grams, issue and order instants (µs), name, slug.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::new();
-        self.encode_into(&mut b);
-        b
+/// A record borrowed from the order and the issued number: what the request path encodes
+/// straight into the writer's [`Batch`], without an owned copy.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub seq: u64,
+    pub number: &'a TrackingNumber,
+    pub customer_id: Uuid,
+    pub customer_name: &'a str,
+    pub customer_slug: &'a str,
+    pub weight_grams: u32,
+    pub order_created_at: Option<OffsetDateTime>,
+    pub issued_at: OffsetDateTime,
+}
+
+impl<'a> RecordRef<'a> {
+    pub fn new(order: &'a Order, issued: &'a Issued) -> Self {
+        Self {
+            seq: issued.seq,
+            number: &issued.number,
+            customer_id: order.customer_id,
+            customer_name: order.customer_name.as_str(),
+            customer_slug: order.customer_slug.as_str(),
+            weight_grams: order.weight.grams(),
+            order_created_at: order.created_at,
+            issued_at: issued.issued_at,
+        }
     }
 
-    /// [`Record::encode`] appended to `b` (the writer reuses one buffer for a whole batch).
+    /// The compact binary form kept by the embedded store (the sequence number is the key),
+    /// appended to `b`: version, country prefix, customer id, grams, issue and order instants
+    /// (µs), name, slug.
     pub fn encode_into(&self, b: &mut Vec<u8>) {
         let (name, slug) = (self.customer_name.as_bytes(), self.customer_slug.as_bytes());
         b.reserve(1 + 4 + 16 + 4 + 8 + 9 + 4 + name.len() + slug.len());
@@ -109,6 +118,28 @@ impl Record {
         b.extend_from_slice(name);
         b.extend_from_slice(&(slug.len() as u16).to_le_bytes());
         b.extend_from_slice(slug);
+    }
+}
+
+impl Record {
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            seq: self.seq,
+            number: &self.number,
+            customer_id: self.customer_id,
+            customer_name: &self.customer_name,
+            customer_slug: &self.customer_slug,
+            weight_grams: self.weight_grams,
+            order_created_at: self.order_created_at,
+            issued_at: self.issued_at,
+        }
+    }
+
+    /// [`RecordRef::encode_into`] of this record, in a new buffer.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        self.as_ref().encode_into(&mut b);
+        b
     }
 
     /// The inverse of [`Record::encode`]; `None` for bytes it did not write.
@@ -159,6 +190,104 @@ pub fn format_weight(grams: u32) -> String {
     format!("{}.{:03}", grams / 1000, grams % 1000)
 }
 
+/// Records in their binary form, one entry after another: sequence (u64 LE), tracking number
+/// (16 bytes), value length (u16 LE) and value ([`RecordRef::encode_into`]). The writer
+/// gathers a batch from many requests, hands it to a sink, and the journal stores it as one
+/// frame's payload.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+/// One entry of a [`Batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    pub seq: u64,
+    pub number: &'a [u8; 16],
+    pub value: &'a [u8],
+}
+
+impl Entry<'_> {
+    /// The owned record, or `None` for an entry trackd did not write.
+    pub fn record(&self) -> Option<Record> {
+        let number = TrackingNumber::parse(std::str::from_utf8(self.number).ok()?).ok()?;
+        Record::decode(self.seq, number, self.value)
+    }
+}
+
+const ENTRY_HEAD: usize = 8 + 16 + 2;
+
+impl Batch {
+    pub fn push(&mut self, r: &RecordRef<'_>) {
+        self.bytes.extend_from_slice(&r.seq.to_le_bytes());
+        self.bytes.extend_from_slice(r.number.as_str().as_bytes());
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(&[0, 0]);
+        r.encode_into(&mut self.bytes);
+        let n = (self.bytes.len() - at - 2) as u16;
+        self.bytes[at..at + 2].copy_from_slice(&n.to_le_bytes());
+        self.len += 1;
+    }
+
+    /// Appends an entry of another batch as it is.
+    pub fn push_entry(&mut self, e: &Entry<'_>) {
+        self.bytes.extend_from_slice(&e.seq.to_le_bytes());
+        self.bytes.extend_from_slice(e.number);
+        self.bytes
+            .extend_from_slice(&(e.value.len() as u16).to_le_bytes());
+        self.bytes.extend_from_slice(e.value);
+        self.len += 1;
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// A batch from bytes that [`Batch::as_bytes`] gave; `None` unless every entry is whole.
+    pub fn from_bytes(bytes: Vec<u8>) -> Option<Self> {
+        let mut len = 0;
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            let head = rest.get(..ENTRY_HEAD)?;
+            let n = u16::from_le_bytes([head[24], head[25]]) as usize;
+            rest = rest.get(ENTRY_HEAD + n..)?;
+            len += 1;
+        }
+        Some(Self { bytes, len })
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = Entry<'_>> {
+        let mut rest = self.bytes.as_slice();
+        std::iter::from_fn(move || {
+            let (head, tail) = rest.split_at_checked(ENTRY_HEAD)?;
+            let n = u16::from_le_bytes([head[24], head[25]]) as usize;
+            let (value, tail) = tail.split_at_checked(n)?;
+            rest = tail;
+            Some(Entry {
+                seq: u64::from_le_bytes(head[..8].try_into().ok()?),
+                number: head[8..24].try_into().ok()?,
+                value,
+            })
+        })
+    }
+
+    /// Empties the batch, keeping its buffer.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.len = 0;
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("record store unavailable: {0}")]
@@ -174,7 +303,13 @@ pub trait RecordSink: Send + Sync + 'static {
     /// Writes a batch in one transaction. `retry` is set when an earlier attempt of the same
     /// batch failed and may in fact have committed: the sink must then tolerate records that
     /// are already present.
-    fn write(&self, batch: Arc<Vec<Record>>, retry: bool) -> SinkFuture<'_, ()>;
+    fn write(&self, batch: Arc<Batch>, retry: bool) -> SinkFuture<'_, ()>;
+
+    /// Called once the writer has written everything and stops (the embedded store
+    /// checkpoints its journal).
+    fn close(&self) -> SinkFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// The record of a number, as the lookup's JSON body.
     fn lookup<'a>(
@@ -188,6 +323,7 @@ pub trait RecordSink: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tracking::country::CountryCode;
 
     #[test]
     fn records_round_trip_through_the_binary_form() {
@@ -209,6 +345,54 @@ mod tests {
         }
         assert!(Record::decode(1, number, &[1, 2, 3]).is_none());
         assert!(Record::decode(1, number, &[]).is_none());
+    }
+
+    #[test]
+    fn batches_carry_their_entries_and_reject_cut_bytes() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_763_000_000_123_456_000).unwrap();
+        let country = |c: &[u8; 2]| CountryCode::from_upper(*c).unwrap();
+        let records: Vec<Record> = [
+            TrackingNumber::parse("MYIDDJCJY7W05NF0").unwrap(),
+            TrackingNumber::new(country(b"SG"), country(b"TH"), 12_345),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, number)| Record {
+            seq: 1000 + i as u64,
+            number,
+            customer_id: Uuid::from_u128(i as u128 + 7),
+            customer_name: format!("Ünïcode customer {i}"),
+            customer_slug: format!("customer-{i}"),
+            weight_grams: 1 + i as u32,
+            order_created_at: (i == 0).then_some(t),
+            issued_at: t,
+        })
+        .collect();
+        let mut batch = Batch::default();
+        for r in &records {
+            batch.push(&r.as_ref());
+        }
+        assert_eq!(batch.len(), 2);
+        let check = |b: &Batch| {
+            let back: Vec<Record> = b.entries().map(|e| e.record().unwrap()).collect();
+            assert_eq!(back.len(), records.len());
+            for (a, b) in back.iter().zip(&records) {
+                assert_eq!((a.seq, a.to_json()), (b.seq, b.to_json()));
+            }
+        };
+        check(&batch);
+        let bytes = batch.as_bytes().to_vec();
+        check(&Batch::from_bytes(bytes.clone()).unwrap());
+        let first = ENTRY_HEAD + batch.entries().next().unwrap().value.len();
+        for cut in 1..bytes.len() {
+            let b = Batch::from_bytes(bytes[..cut].to_vec());
+            assert_eq!(
+                b.map(|b| b.len()),
+                (cut == first).then_some(1),
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(Batch::from_bytes(Vec::new()).unwrap().len(), 0);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `COPY` (one statement per batch; a retried batch goes through a staging table with
 //! `ON CONFLICT DO NOTHING`, since the failed attempt may have committed).
 
-use super::{Record, RecordSink, SinkError, SinkFuture};
+use super::{Batch, Record, RecordSink, SinkError, SinkFuture};
 use crate::tracking::number::TrackingNumber;
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,8 +157,19 @@ impl PostgresRecords {
 }
 
 impl RecordSink for PostgresRecords {
-    fn write(&self, batch: Arc<Vec<Record>>, retry: bool) -> SinkFuture<'_, ()> {
-        Box::pin(async move { self.write_batch(&batch, retry).await })
+    fn write(&self, batch: Arc<Batch>, retry: bool) -> SinkFuture<'_, ()> {
+        Box::pin(async move {
+            let records: Vec<Record> = batch.entries().filter_map(|e| e.record()).collect();
+            if records.len() != batch.len() {
+                // Only trackd fills batches: this is a bug, not bad input.
+                return Err(SinkError::Rejected(format!(
+                    "{} of {} records in the batch do not decode",
+                    batch.len() - records.len(),
+                    batch.len()
+                )));
+            }
+            self.write_batch(&records, retry).await
+        })
     }
 
     fn lookup<'a>(

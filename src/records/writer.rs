@@ -1,14 +1,20 @@
-//! The record writer: a bounded queue in front of one task that writes batches to the record
-//! store. `async` mode answers once a record is queued; `durable` mode answers once its batch
-//! is committed (group commit: every request queued during a write shares the next commit).
-//! A full queue slows issuance down (requests wait for room, then 503); records are never
-//! dropped, and a failed batch is retried with backoff until it is written.
+//! The record writer: a bounded queue of batches in front of the tasks that write them to the
+//! record store. A request encodes its records straight into the open batch (one short lock,
+//! no allocation of its own); `async` mode answers at once, `durable` mode once its batch is
+//! committed (group commit: every request that joins a batch while the previous one is
+//! written shares the next commit). A full queue slows issuance down (requests wait for room,
+//! then 503); records are never dropped, and a failed batch is retried with backoff until it
+//! is written.
 
-use super::{Record, RecordSink};
-use std::sync::Arc;
+use super::{Batch, RecordRef, RecordSink, SinkError};
+use crate::tracking::Issued;
+use crate::tracking::order::Order;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -42,11 +48,6 @@ pub enum RecordError {
     Closed,
 }
 
-struct Job {
-    records: Vec<Record>,
-    ack: Option<oneshot::Sender<()>>,
-}
-
 /// Counters for `/readyz` and metrics.
 #[derive(Default)]
 pub struct WriterStats {
@@ -56,212 +57,343 @@ pub struct WriterStats {
     pub queued: AtomicU64,
 }
 
-pub struct Recorder {
-    tx: mpsc::Sender<Job>,
+/// Batches waiting for a writer, oldest first; each has a generation number, in order.
+#[derive(Default)]
+struct Queue {
+    batches: VecDeque<(u64, Batch)>,
+    records: usize,
+    next_generation: u64,
+    closed: bool,
+}
+
+/// Which generations are written: all up to `committed`, and those in `done` above it (with
+/// several writers, batches can finish out of order).
+#[derive(Default)]
+struct Completion {
+    committed: u64,
+    done: BTreeSet<u64>,
+}
+
+struct Shared {
     cfg: WriterConfig,
-    sink_kind: &'static str,
-    stats: Arc<WriterStats>,
-    last_error: Arc<std::sync::Mutex<Option<String>>>,
-    stop: watch::Sender<bool>,
-    handles: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    queue: Mutex<Queue>,
+    /// Wakes a writer task: a batch was opened, or shutdown began.
+    work: Notify,
+    /// The same for writer threads (blocking stores).
+    work_cv: Condvar,
+    /// Wakes requests waiting for room in the queue.
+    room: Notify,
+    completion: Mutex<Completion>,
+    /// The generation up to which every batch is written.
+    committed: watch::Sender<u64>,
+    stats: WriterStats,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A store whose writes are blocking calls (the embedded journal): written by threads of the
+/// writer's own, without a hand-off to a blocking pool and back per batch.
+pub trait BlockingSink: Send + Sync + 'static {
+    fn write_blocking(&self, batch: &Arc<Batch>) -> Result<(), SinkError>;
+}
+
+enum Writer {
+    Task(tokio::task::JoinHandle<()>),
+    Thread(std::thread::JoinHandle<()>),
+}
+
+pub struct Recorder {
+    shared: Arc<Shared>,
+    sink: Arc<dyn RecordSink>,
+    writers: Mutex<Vec<Writer>>,
 }
 
 impl Recorder {
-    pub fn start(sink: Arc<dyn RecordSink>, cfg: WriterConfig) -> Self {
-        let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
-        let (stop, stop_rx) = watch::channel(false);
-        let stats = Arc::new(WriterStats::default());
-        let last_error = Arc::new(std::sync::Mutex::new(None));
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let handles: Vec<_> = (0..cfg.writers.max(1))
-            .map(|_| {
-                let task = WriterTask {
-                    sink: Arc::clone(&sink),
-                    cfg: cfg.clone(),
-                    stats: Arc::clone(&stats),
-                    last_error: Arc::clone(&last_error),
-                };
-                tokio::spawn(task.run(Arc::clone(&rx), stop_rx.clone()))
+    /// Starts the writers: tasks writing to `sink`, or, given `blocking`, threads writing to
+    /// it (`sink` then serves for its name and its `close`).
+    pub fn start(
+        sink: Arc<dyn RecordSink>,
+        blocking: Option<Arc<dyn BlockingSink>>,
+        cfg: WriterConfig,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            cfg,
+            queue: Mutex::new(Queue {
+                next_generation: 1,
+                ..Queue::default()
+            }),
+            work: Notify::new(),
+            work_cv: Condvar::new(),
+            room: Notify::new(),
+            completion: Mutex::default(),
+            committed: watch::Sender::new(0),
+            stats: WriterStats::default(),
+            last_error: Mutex::new(None),
+        });
+        let writers = (0..shared.cfg.writers.max(1))
+            .map(|i| {
+                let sh = Arc::clone(&shared);
+                match &blocking {
+                    Some(b) => {
+                        let b = Arc::clone(b);
+                        std::thread::Builder::new()
+                            .name(format!("trackd-records-{i}"))
+                            .spawn(move || write_thread(sh, b))
+                            .map(Writer::Thread)
+                            .unwrap_or_else(|e| {
+                                // No thread to be had: the same work as a task.
+                                tracing::warn!(error = %e, "record writer thread not started; using a task");
+                                Writer::Task(tokio::spawn(write_loop(
+                                    Arc::clone(&shared),
+                                    Arc::clone(&sink),
+                                )))
+                            })
+                    }
+                    None => Writer::Task(tokio::spawn(write_loop(sh, Arc::clone(&sink)))),
+                }
             })
             .collect();
         Self {
-            tx,
-            cfg,
-            sink_kind: sink.kind(),
-            stats,
-            last_error,
-            stop,
-            handles: std::sync::Mutex::new(handles),
+            shared,
+            sink,
+            writers: Mutex::new(writers),
         }
     }
 
     pub fn mode(&self) -> Mode {
-        self.cfg.mode
+        self.shared.cfg.mode
     }
 
     pub fn sink_kind(&self) -> &'static str {
-        self.sink_kind
+        self.sink.kind()
     }
 
     pub fn stats(&self) -> &WriterStats {
-        &self.stats
+        &self.shared.stats
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|e| e.clone())
+        self.shared.last_error.lock().ok().and_then(|e| e.clone())
     }
 
-    /// Queues records; in durable mode, returns once they are committed.
-    pub async fn record(&self, records: Vec<Record>) -> Result<(), RecordError> {
-        let n = records.len() as u64;
-        let (ack, done) = match self.cfg.mode {
-            Mode::Async => (None, None),
-            Mode::Durable => {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
-            }
-        };
-        let job = Job { records, ack };
-        self.stats.queued.fetch_add(n, Ordering::Relaxed);
-        let sent = match self.tx.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(job)) => {
-                match tokio::time::timeout(self.cfg.wait_timeout, self.tx.send(job)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(RecordError::Closed),
-                    Err(_) => Err(RecordError::QueueFull(self.cfg.wait_timeout)),
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(RecordError::Closed),
-        };
-        if let Err(e) = sent {
-            self.stats.queued.fetch_sub(n, Ordering::Relaxed);
-            return Err(e);
-        }
-        if let Some(done) = done {
-            match tokio::time::timeout(self.cfg.wait_timeout, done).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(RecordError::Closed),
-                Err(_) => {
-                    return Err(RecordError::NotCommitted(
-                        self.cfg.wait_timeout,
-                        self.last_error()
-                            .unwrap_or_else(|| "the writer is behind".into()),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Stops taking records, writes everything queued, and waits for the writer.
-    pub async fn shutdown(&self) {
-        let _ = self.stop.send(true);
-        let handles = self
-            .handles
-            .lock()
-            .map(|mut h| std::mem::take(&mut *h))
-            .unwrap_or_default();
-        for h in handles {
-            let _ = h.await;
-        }
-    }
-}
-
-struct WriterTask {
-    sink: Arc<dyn RecordSink>,
-    cfg: WriterConfig,
-    stats: Arc<WriterStats>,
-    last_error: Arc<std::sync::Mutex<Option<String>>>,
-}
-
-impl WriterTask {
-    async fn run(
-        self,
-        rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
-        mut stop: watch::Receiver<bool>,
-    ) {
-        let mut jobs: Vec<Job> = Vec::new();
-        loop {
+    /// Queues the records of `issued` numbers for `order`; in durable mode, returns once they
+    /// are committed.
+    pub async fn record(&self, order: &Order, issued: &[Issued]) -> Result<(), RecordError> {
+        let sh = &*self.shared;
+        let cfg = &sh.cfg;
+        let deadline = Instant::now() + cfg.wait_timeout;
+        let generation = loop {
+            let room = sh.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
             {
-                // One writer gathers a batch at a time; the others meanwhile write theirs.
-                let mut rx = rx.lock().await;
-                if *stop.borrow() {
-                    rx.close();
-                    // Drain what was queued before the close.
-                    while rx.recv_many(&mut jobs, self.cfg.batch_max).await > 0 {
-                        self.write(&mut jobs).await;
-                    }
-                    return;
+                let mut q = sh.queue.lock().map_err(|_| RecordError::Closed)?;
+                if q.closed {
+                    return Err(RecordError::Closed);
                 }
-                let n = tokio::select! {
-                    n = rx.recv_many(&mut jobs, self.cfg.batch_max) => n,
-                    _ = stop.changed() => continue,
-                };
-                if n == 0 {
-                    return;
-                }
-                if self.cfg.mode == Mode::Async {
-                    // Let records gather for the flush interval, then take what came: one
-                    // wake-up per interval, not one per request.
-                    tokio::select! {
-                        _ = tokio::time::sleep(self.cfg.flush_interval) => {}
-                        _ = stop.changed() => {}
+                // A request larger than the queue still goes in once the queue is empty.
+                if q.records == 0 || q.records + issued.len() <= cfg.queue_capacity {
+                    let (generation, opened) = q.push(order, issued, cfg.batch_max);
+                    drop(q);
+                    sh.stats
+                        .queued
+                        .fetch_add(issued.len() as u64, Ordering::Relaxed);
+                    if opened {
+                        sh.work.notify_one();
+                        sh.work_cv.notify_one();
                     }
-                    while records_in(&jobs) < self.cfg.batch_max {
-                        match rx.try_recv() {
-                            Ok(job) => jobs.push(job),
-                            Err(_) => break,
-                        }
-                    }
+                    break generation;
                 }
             }
-            self.write(&mut jobs).await;
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(RecordError::QueueFull(cfg.wait_timeout));
+            }
+        };
+        if cfg.mode == Mode::Async {
+            return Ok(());
+        }
+        let mut committed = sh.committed.subscribe();
+        match tokio::time::timeout_at(deadline, committed.wait_for(|&c| c >= generation)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(RecordError::Closed),
+            Err(_) => Err(RecordError::NotCommitted(
+                cfg.wait_timeout,
+                self.last_error()
+                    .unwrap_or_else(|| "the writer is behind".into()),
+            )),
         }
     }
 
-    /// Writes the jobs' records (retrying until written), then acknowledges them.
-    async fn write(&self, jobs: &mut Vec<Job>) {
-        let records: Arc<Vec<Record>> = Arc::new(
-            jobs.iter_mut()
-                .flat_map(|j| std::mem::take(&mut j.records))
-                .collect(),
-        );
-        let mut backoff = Duration::from_millis(50);
-        let mut retry = false;
-        loop {
-            match self.sink.write(Arc::clone(&records), retry).await {
-                Ok(()) => break,
-                Err(e) => {
-                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, records = records.len(), "writing records failed; retrying");
-                    if let Ok(mut g) = self.last_error.lock() {
-                        *g = Some(e.to_string());
-                    }
-                    retry = true;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
+    /// Stops taking records, writes everything queued, waits for the writers, and closes the
+    /// store.
+    pub async fn shutdown(&self) {
+        if let Ok(mut q) = self.shared.queue.lock() {
+            q.closed = true;
+        }
+        self.shared.work.notify_waiters();
+        self.shared.work_cv.notify_all();
+        self.shared.room.notify_waiters();
+        let writers = self
+            .writers
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
+        if writers.is_empty() {
+            return; // already shut down
+        }
+        for w in writers {
+            match w {
+                Writer::Task(h) => drop(h.await),
+                Writer::Thread(h) => drop(tokio::task::spawn_blocking(move || h.join()).await),
             }
         }
-        if retry && let Ok(mut g) = self.last_error.lock() {
+        if let Err(e) = self.sink.close().await {
+            tracing::warn!(error = %e, "closing the record store failed");
+        }
+    }
+}
+
+impl Queue {
+    /// Appends the records to the open batch (or opens one); returns the batch's generation
+    /// and whether it was opened.
+    fn push(&mut self, order: &Order, issued: &[Issued], batch_max: usize) -> (u64, bool) {
+        let fits = matches!(self.batches.back(),
+            Some((_, b)) if b.len() + issued.len() <= batch_max.max(1));
+        if !fits {
+            self.batches
+                .push_back((self.next_generation, Batch::default()));
+            self.next_generation += 1;
+        }
+        let (generation, batch) = self.batches.back_mut().expect("a batch is open");
+        for i in issued {
+            batch.push(&RecordRef::new(order, i));
+        }
+        self.records += issued.len();
+        (*generation, !fits)
+    }
+
+    /// Takes the oldest batch (durable), or every batch (`all`: async, after the interval).
+    fn take(&mut self, all: bool) -> Vec<(u64, Batch)> {
+        let n = if all { self.batches.len() } else { 1 };
+        let taken: Vec<_> = self.batches.drain(..n.min(self.batches.len())).collect();
+        self.records -= taken.iter().map(|(_, b)| b.len()).sum::<usize>();
+        taken
+    }
+}
+
+/// A writer task: waits for a batch; durable mode takes it at once (requests meanwhile fill
+/// the next one), async mode lets records gather for the flush interval and then takes every
+/// batch (one write per interval, not one per request); writes, and publishes the commit.
+/// Returns once shutdown began and the queue is empty.
+async fn write_loop(sh: Arc<Shared>, sink: Arc<dyn RecordSink>) {
+    loop {
+        let work = sh.work.notified();
+        tokio::pin!(work);
+        work.as_mut().enable();
+        let (has_work, closed) = match sh.queue.lock() {
+            Ok(q) => (!q.batches.is_empty(), q.closed),
+            Err(_) => return,
+        };
+        if !has_work {
+            if closed {
+                return;
+            }
+            work.await;
+            continue;
+        }
+        let gather = sh.cfg.mode == Mode::Async && !closed;
+        if gather {
+            tokio::time::sleep(sh.cfg.flush_interval).await;
+        }
+        let taken = match sh.queue.lock() {
+            Ok(mut q) => q.take(gather),
+            Err(_) => return,
+        };
+        sh.room.notify_waiters();
+        for (generation, batch) in taken {
+            let batch = Arc::new(batch);
+            let mut failures = 0;
+            while let Err(e) = sink.write(Arc::clone(&batch), failures > 0).await {
+                tokio::time::sleep(sh.failed(&e, &batch, &mut failures)).await;
+            }
+            sh.written(generation, &batch, failures);
+        }
+    }
+}
+
+/// [`write_loop`] on a thread of its own, for a blocking store.
+fn write_thread(sh: Arc<Shared>, sink: Arc<dyn BlockingSink>) {
+    loop {
+        let taken = {
+            let Ok(mut q) = sh.queue.lock() else {
+                return;
+            };
+            while q.batches.is_empty() {
+                if q.closed {
+                    return;
+                }
+                q = match sh.work_cv.wait(q) {
+                    Ok(q) => q,
+                    Err(_) => return,
+                };
+            }
+            let gather = sh.cfg.mode == Mode::Async && !q.closed;
+            if gather {
+                drop(q);
+                std::thread::sleep(sh.cfg.flush_interval);
+                q = match sh.queue.lock() {
+                    Ok(q) => q,
+                    Err(_) => return,
+                };
+            }
+            q.take(gather)
+        };
+        sh.room.notify_waiters();
+        for (generation, batch) in taken {
+            let batch = Arc::new(batch);
+            let mut failures = 0;
+            while let Err(e) = sink.write_blocking(&batch) {
+                std::thread::sleep(sh.failed(&e, &batch, &mut failures));
+            }
+            sh.written(generation, &batch, failures);
+        }
+    }
+}
+
+impl Shared {
+    /// Notes a failed write; returns how long to wait before the retry.
+    fn failed(&self, e: &SinkError, batch: &Batch, failures: &mut u32) -> Duration {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %e, records = batch.len(), "writing records failed; retrying");
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = Some(e.to_string());
+        }
+        *failures += 1;
+        (Duration::from_millis(50) * 2u32.saturating_pow(*failures - 1)).min(Duration::from_secs(1))
+    }
+
+    /// Counts a written batch and publishes how far every batch is written (with several
+    /// writers, batches can finish out of order).
+    fn written(&self, generation: u64, batch: &Batch, failures: u32) {
+        if failures > 0
+            && let Ok(mut g) = self.last_error.lock()
+        {
             *g = None;
         }
-        self.stats
-            .written
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        let n = batch.len() as u64;
+        self.stats.written.fetch_add(n, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .queued
-            .fetch_sub(records.len() as u64, Ordering::Relaxed);
-        for job in jobs.drain(..) {
-            if let Some(ack) = job.ack {
-                let _ = ack.send(());
-            }
+        self.stats.queued.fetch_sub(n, Ordering::Relaxed);
+        let Ok(mut guard) = self.completion.lock() else {
+            return;
+        };
+        let c = &mut *guard;
+        c.done.insert(generation);
+        let before = c.committed;
+        while c.done.remove(&(c.committed + 1)) {
+            c.committed += 1;
+        }
+        if c.committed != before {
+            self.committed.send_replace(c.committed);
         }
     }
-}
-
-fn records_in(jobs: &[Job]) -> usize {
-    jobs.iter().map(|j| j.records.len()).sum()
 }
