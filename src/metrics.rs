@@ -29,6 +29,11 @@ pub const NUMBERS_BUFFERED: &str = "trackd_sequence_numbers_buffered";
 pub const STORE_LATENCY: &str = "trackd_sequence_store_latency_seconds";
 pub const STORE_ERRORS: &str = "trackd_sequence_store_errors_total";
 pub const STORE_UP: &str = "trackd_sequence_store_up";
+// Issuance records
+pub const RECORDS_WRITTEN: &str = "trackd_records_written_total";
+pub const RECORD_BATCHES: &str = "trackd_records_batches_total";
+pub const RECORD_WRITE_FAILURES: &str = "trackd_records_write_failures_total";
+pub const RECORDS_QUEUED: &str = "trackd_records_queued";
 // Process
 pub const BUILD_INFO: &str = "trackd_build_info";
 pub const READY: &str = "trackd_ready";
@@ -160,6 +165,26 @@ fn describe() {
         BUILD_INFO,
         Unit::Count,
         "Always 1; the labels name the running version and git revision."
+    );
+    describe_counter!(
+        RECORDS_WRITTEN,
+        Unit::Count,
+        "Issuance records written to the record store (sampled at scrape time)."
+    );
+    describe_counter!(
+        RECORD_BATCHES,
+        Unit::Count,
+        "Batches of records written (each one COPY or one journal frame)."
+    );
+    describe_counter!(
+        RECORD_WRITE_FAILURES,
+        Unit::Count,
+        "Failed record batch writes (each is retried until written)."
+    );
+    describe_gauge!(
+        RECORDS_QUEUED,
+        Unit::Count,
+        "Records issued and not yet written: the writer's backlog."
     );
     describe_gauge!(
         READY,
@@ -315,6 +340,22 @@ pub fn refresh_tracking(s: &TrackingSnapshot) {
     gauge!(READY).set(if s.ready { 1.0 } else { 0.0 });
 }
 
+/// The record writer's counters, read at scrape time.
+pub struct RecordsSnapshot {
+    pub store: &'static str,
+    pub written: u64,
+    pub batches: u64,
+    pub failures: u64,
+    pub queued: u64,
+}
+
+pub fn refresh_records(s: &RecordsSnapshot) {
+    counter!(RECORDS_WRITTEN, "store" => s.store).absolute(s.written);
+    counter!(RECORD_BATCHES, "store" => s.store).absolute(s.batches);
+    counter!(RECORD_WRITE_FAILURES, "store" => s.store).absolute(s.failures);
+    gauge!(RECORDS_QUEUED, "store" => s.store).set(s.queued as f64);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +380,10 @@ mod tests {
             POLICY_CACHE_LAST_LOAD,
             POLICY_CACHE_REFRESH_FAILURES,
             POLICY_DUMP_BYTES,
+            RECORDS_WRITTEN,
+            RECORD_BATCHES,
+            RECORD_WRITE_FAILURES,
+            RECORDS_QUEUED,
         ] {
             assert!(name.starts_with("trackd_"), "{name}");
             assert!(
@@ -355,6 +400,9 @@ mod tests {
             STORE_ERRORS,
             POLICY_CACHE_REFRESH_FAILURES,
             POLICY_DUMP_BYTES,
+            RECORDS_WRITTEN,
+            RECORD_BATCHES,
+            RECORD_WRITE_FAILURES,
         ] {
             assert!(counter.ends_with("_total"), "{counter}");
         }

@@ -3,7 +3,7 @@
 
 use super::response::{self, Body};
 use crate::app::AppState;
-use crate::metrics::{self, TrackingSnapshot};
+use crate::metrics::{self, RecordsSnapshot, TrackingSnapshot};
 use bytes::Bytes;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
@@ -41,6 +41,16 @@ pub fn metrics(state: &AppState) -> Response<Body> {
         store_up: alloc.store_healthy(),
         ready,
     });
+    if let Some(rec) = &state.recorder {
+        let st = rec.stats();
+        metrics::refresh_records(&RecordsSnapshot {
+            store: rec.sink_kind(),
+            written: st.written.load(Ordering::Relaxed),
+            batches: st.batches.load(Ordering::Relaxed),
+            failures: st.failures.load(Ordering::Relaxed),
+            queued: st.queued.load(Ordering::Relaxed),
+        });
+    }
     let mut r = Response::new(response::full(state.metrics.render()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

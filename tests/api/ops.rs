@@ -45,7 +45,6 @@ async fn scrape(app: &TestApp) -> String {
     r.text().await.unwrap()
 }
 
-/// The value of the first sample whose line starts with `prefix` (name and labels).
 /// Asserts that the scraped sample `prefix` is at least `min`.
 fn assert_at_least(text: &str, prefix: &str, min: f64) {
     assert!(
@@ -54,6 +53,7 @@ fn assert_at_least(text: &str, prefix: &str, min: f64) {
     );
 }
 
+/// The value of the first sample whose line starts with `prefix` (name and labels).
 fn sample(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
@@ -72,7 +72,38 @@ async fn metrics_are_well_formed_and_name_route_templates_only() {
     assert_eq!(app.get(&format!("{PATH}?weight=0")).await.status(), 400);
     assert_eq!(app.get("/no/such/path/MYID123").await.status(), 404);
     assert_eq!(app.get("/readyz").await.status(), 200);
-    let text = scrape(&app).await;
+    // Records (async by default) are written within the flush interval.
+    let mut text = scrape(&app).await;
+    for _ in 0..100 {
+        if sample(&text, r#"trackd_records_written_total{store="embedded"}"#) >= Some(5.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = scrape(&app).await;
+    }
+    assert_at_least(
+        &text,
+        r#"trackd_records_written_total{store="embedded"}"#,
+        5.0,
+    );
+    assert_at_least(
+        &text,
+        r#"trackd_records_batches_total{store="embedded"}"#,
+        1.0,
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"trackd_records_write_failures_total{store="embedded"}"#
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"trackd_records_queued{store="embedded"}"#),
+        Some(0.0),
+        "{text}"
+    );
 
     for name in [
         "trackd_http_requests_total",
