@@ -51,7 +51,9 @@ pub fn metrics(state: &AppState) -> Response<Body> {
             queued: st.queued.load(Ordering::Relaxed),
         });
     }
-    let mut r = Response::new(response::full(state.metrics.render()));
+    let mut text = state.metrics.render();
+    state.http_metrics.render_into(&mut text);
+    let mut r = Response::new(response::full(text));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
