@@ -224,7 +224,7 @@ fn user_list(query: Option<&str>, snap: &Arc<Snapshot>, state: &AppState) -> Res
         if i > start {
             buf.push(b',');
         }
-        model::write_user(&mut buf, &snap.user(i));
+        buf.extend_from_slice(snap.user_json(i).as_bytes());
     }
     buf.extend_from_slice(b"],\"status\":true,\"next_after_id\":");
     match next_after_id {
@@ -261,7 +261,7 @@ impl Iterator for UserChunks {
             if i > 0 {
                 buf.push(b',');
             }
-            model::write_user(&mut buf, &self.snap.user(i));
+            buf.extend_from_slice(self.snap.user_json(i).as_bytes());
         }
         self.next = end;
         if end >= self.snap.user_count() {

@@ -156,6 +156,9 @@ pub struct Snapshot {
     up_expiry: Vec<i64>,
     policies: Vec<Policy>,
     categories: Vec<Category>,
+    /// Each user's `user_list/` entry, rendered once per load: a page or the streamed list is
+    /// then a copy per user (about 30 bytes per user-policy at 5 policies a user).
+    user_json: StrCol,
     loaded_at: SystemTime,
 }
 
@@ -180,6 +183,11 @@ impl Snapshot {
     /// The index of the user with this id.
     pub fn user_index(&self, id: i64) -> Option<usize> {
         self.user_ids.binary_search(&id).ok()
+    }
+
+    /// The `user_list/` entry of the user at index `i`, as JSON.
+    pub fn user_json(&self, i: usize) -> &str {
+        self.user_json.get(i)
     }
 
     pub fn user(&self, i: usize) -> UserRef<'_> {
@@ -246,6 +254,7 @@ impl Snapshot {
             + self.user_up.capacity() * 4
             + self.up_policy.capacity() * 4
             + self.up_number.heap_bytes()
+            + self.user_json.heap_bytes()
             + self.up_start.capacity() * 8
             + self.up_expiry.capacity() * 8
             + self
@@ -549,8 +558,18 @@ impl SnapshotBuilder {
             up_expiry,
             policies,
             categories,
+            user_json: StrCol::default(),
             loaded_at: SystemTime::now(),
         };
+        let mut user_json = StrCol::with_capacity(n_users);
+        let mut buf = Vec::with_capacity(256);
+        for i in 0..n_users {
+            buf.clear();
+            super::model::write_user(&mut buf, &snap.user(i));
+            // Valid UTF-8: JSON text built from `&str`s.
+            user_json.push(std::str::from_utf8(&buf).unwrap_or("{}"))?;
+        }
+        snap.user_json = user_json;
         snap.user_ids.shrink_to_fit();
         for c in [
             &mut snap.first_name,
@@ -558,6 +577,7 @@ impl SnapshotBuilder {
             &mut snap.email,
             &mut snap.mobile,
             &mut snap.up_number,
+            &mut snap.user_json,
         ] {
             c.shrink();
         }
@@ -610,6 +630,14 @@ mod tests {
         let zoe = s.user_index(3).unwrap();
         assert_eq!(s.user(zoe).first_name, "Zoë");
         assert_eq!(s.user(zoe).profession, "Engineer");
+        // The pre-rendered user_list/ entries are the users' serde form, user by user.
+        for i in 0..s.user_count() {
+            assert_eq!(
+                s.user_json(i),
+                serde_json::to_string(&s.user(i)).unwrap(),
+                "user index {i}"
+            );
+        }
         let numbers: Vec<&str> = s.user_policies(zoe).map(|p| p.policy_number).collect();
         assert_eq!(numbers, ["P-6", "P-7"], "by user-policy id");
         let p7 = s.user_policies(zoe).nth(1).unwrap();
