@@ -4,8 +4,9 @@
 //! Conventions (Prometheus): `trackd_` prefix, base units in the name (`_seconds`, `_bytes`),
 //! `_total` on counters, route *templates* as labels, never an id, a tracking number or
 //! customer data. The recorder is installed once per process ([`install`]); `/metrics` renders
-//! it. The per-request HTTP metrics go through [`HttpMetrics`], a table of handles registered
-//! once per (route, method, status), so a request costs two atomic updates and no allocation.
+//! it. The per-request HTTP metrics go through [`HttpMetrics`]: fixed-bucket atomics of
+//! trackd's own per (route, method, status), rendered after the exporter's text, so a request
+//! costs two relaxed atomic additions and no allocation.
 //! Values that can be read from state (numbers buffered, numbers issued, store health) are set
 //! at scrape time by [`refresh_tracking`] instead of being counted on the hot path.
 
