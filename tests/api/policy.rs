@@ -3,8 +3,8 @@
 //! running trackd, its own private PostgreSQL instance on a free port.
 
 use crate::helpers::*;
+use crate::servers::PrivatePostgres;
 use serde_json::{Value, json};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -596,125 +596,6 @@ async fn sample_data_is_served_without_a_database() {
     let (_, v) = get_json(&app, "/readyz").await;
     assert_eq!(v["checks"]["policy"]["source"], "sample");
     app.stop().await;
-}
-
-/// A private PostgreSQL server on a free port, stopped and deleted on drop.
-struct PrivatePostgres {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-    as_postgres: bool,
-}
-
-impl PrivatePostgres {
-    fn bin_dir() -> Option<PathBuf> {
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-            .filter(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
-            .collect();
-        dirs.sort();
-        dirs.pop()
-    }
-
-    fn cmd(&self, program: &str) -> Command {
-        let exe = self.bin.join(program);
-        if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(exe);
-            c
-        } else {
-            Command::new(exe)
-        }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-
-    fn start(bin: PathBuf) -> Self {
-        let as_postgres = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-            .unwrap_or(false);
-        let dir = tempfile::tempdir().unwrap();
-        if as_postgres {
-            let ids = |flag: &str| -> u32 {
-                let o = Command::new("id")
-                    .args([flag, "postgres"])
-                    .output()
-                    .unwrap();
-                String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
-            };
-            std::os::unix::fs::chown(dir.path(), Some(ids("-u")), Some(ids("-g"))).unwrap();
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let pg = Self {
-            bin,
-            dir,
-            port,
-            as_postgres,
-        };
-        let out = pg
-            .cmd("initdb")
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(pg.data())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let opts = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
-            pg.dir.path().display()
-        );
-        let out = pg
-            .cmd("pg_ctl")
-            .arg("-D")
-            .arg(pg.data())
-            .arg("-l")
-            .arg(pg.dir.path().join("log"))
-            .args(["-w", "-t", "30", "-o", &opts, "start"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            pg.log()
-        );
-        pg
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn stop(&self) {
-        let _ = self
-            .cmd("pg_ctl")
-            .arg("-D")
-            .arg(self.data())
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! across a SIGKILL in durable mode.
 
 use crate::helpers::{ORDER_QUERY, TrackdProcess, permutation, spawn_app_with};
-use crate::servers::{PgDatabase, RedisServer, run_seq};
+use crate::servers::{PgDatabase, PrivatePostgres, RedisServer, run_seq};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -568,4 +568,119 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+/// The numbers in `tracking_numbers`, or `None` while the table cannot be read.
+async fn recorded_numbers(db_url: &str) -> Option<std::collections::HashSet<String>> {
+    let (client, conn) = tokio_postgres::connect(db_url, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let rows = client
+        .query("SELECT tracking_number FROM tracking_numbers", &[])
+        .await
+        .ok()?;
+    Some(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+}
+
+/// Waits until every number in `numbers` is recorded (or panics after `limit`).
+async fn wait_recorded(db_url: &str, numbers: &[String], limit: Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(found) = recorded_numbers(db_url).await {
+            let missing = numbers.iter().filter(|n| !found.contains(*n)).count();
+            if missing == 0 {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{missing} of {} acknowledged numbers not recorded after {limit:?}",
+                numbers.len()
+            );
+        }
+        assert!(start.elapsed() < limit, "tracking_numbers unreadable");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_down_record_store_slows_issuance_to_503_and_loses_no_record() {
+    let Some(bin) = PrivatePostgres::bin_dir() else {
+        panic!("no PostgreSQL server binaries under /usr/lib/postgresql (.ci/run installs them)");
+    };
+    let pg = PrivatePostgres::start(bin);
+    let url = pg.url();
+    let app = spawn_app_with(|s| {
+        s.records.mode = "async".into();
+        s.records.postgres_url = url.clone();
+        s.records.queue_capacity = 200;
+        s.records.batch_max = 50;
+        s.records.wait_timeout_ms = 300;
+    })
+    .await;
+    let mut acknowledged = Vec::new();
+    for _ in 0..20 {
+        acknowledged.push(app.issue().await);
+    }
+    wait_recorded(&url, &acknowledged, Duration::from_secs(10)).await;
+
+    pg.stop();
+    // Writes now fail and are retried; the queue (200 records) fills, after which a request
+    // waits up to 300 ms for room and is answered 503: slowed down, never dropped.
+    let (before, mut unavailable) = (acknowledged.len(), 0);
+    for _ in 0..1000 {
+        let t = Instant::now();
+        let r = app
+            .get(&format!("/api/next-tracking-number/?{ORDER_QUERY}"))
+            .await;
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        match status {
+            201 => acknowledged.push(body["tracking_number"].as_str().unwrap().to_owned()),
+            503 => {
+                assert!(
+                    body["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("cannot be recorded")),
+                    "{body}"
+                );
+                assert!(
+                    t.elapsed() >= Duration::from_millis(250),
+                    "{:?}",
+                    t.elapsed()
+                );
+                unavailable += 1;
+                if unavailable == 3 {
+                    break;
+                }
+            }
+            s => panic!("unexpected {s}: {body}"),
+        }
+    }
+    assert_eq!(unavailable, 3, "the queue never filled");
+    assert!(
+        acknowledged.len() - before >= 200,
+        "only {} numbers queued while the store was down",
+        acknowledged.len() - before
+    );
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    let text = ready.text().await.unwrap();
+    assert!(
+        text.contains("writing records to the postgres store fails"),
+        "{text}"
+    );
+
+    // The store returns: the retried and queued batches are written, every acknowledged
+    // number is found, and issuance is back.
+    pg.start_again();
+    wait_recorded(&url, &acknowledged, Duration::from_secs(20)).await;
+    let start = Instant::now();
+    while app.get("/readyz").await.status() != 200 {
+        assert!(start.elapsed() < Duration::from_secs(10), "not ready again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = app.issue().await;
+    wait_recorded(&url, &[again], Duration::from_secs(10)).await;
+    app.stop().await;
 }

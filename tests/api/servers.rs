@@ -1,6 +1,7 @@
 //! Real backing servers for the store tests: a private `redis-server` on a free port (killed on
-//! drop, its log in every failure message), a 3-master Redis Cluster, and a private PostgreSQL
-//! database on the machine's server (dropped on drop).
+//! drop, its log in every failure message), a 3-master Redis Cluster, a private PostgreSQL
+//! database on the machine's server (dropped on drop), and a private PostgreSQL server that a
+//! test can stop and start.
 
 #![allow(dead_code)]
 
@@ -318,4 +319,134 @@ pub fn run_seq(args: &[&str], env: &[(String, String)], data_dir: &Path) -> (boo
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// A private PostgreSQL server on a free port, stopped and deleted on drop.
+pub struct PrivatePostgres {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl PrivatePostgres {
+    pub fn bin_dir() -> Option<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
+            .collect();
+        dirs.sort();
+        dirs.pop()
+    }
+
+    fn cmd(&self, program: &str) -> Command {
+        let exe = self.bin.join(program);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    pub fn start(bin: PathBuf) -> Self {
+        let pg = Self::init(bin);
+        pg.start_again();
+        pg
+    }
+
+    fn init(bin: PathBuf) -> Self {
+        let as_postgres = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let dir = tempfile::tempdir().unwrap();
+        if as_postgres {
+            let ids = |flag: &str| -> u32 {
+                let o = Command::new("id")
+                    .args([flag, "postgres"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+            };
+            std::os::unix::fs::chown(dir.path(), Some(ids("-u")), Some(ids("-g"))).unwrap();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = Self {
+            bin,
+            dir,
+            port,
+            as_postgres,
+        };
+        let out = pg
+            .cmd("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(pg.data())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg
+    }
+
+    /// Starts the server (again, after [`PrivatePostgres::stop`]) on the same port and data.
+    pub fn start_again(&self) {
+        let (pg, port) = (self, self.port);
+        let opts = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            pg.dir.path().display()
+        );
+        let out = pg
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(pg.data())
+            .arg("-l")
+            .arg(pg.dir.path().join("log"))
+            .args(["-w", "-t", "30", "-o", &opts, "start"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            pg.log()
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn stop(&self) {
+        let _ = self
+            .cmd("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
