@@ -94,8 +94,13 @@ fn apply(tx: &redb::WriteTransaction, batches: &[Arc<Batch>]) -> Result<(), redb
     let mut t = tx.open_table(RECORD_GROUPS)?;
     let mut merged = Batch::default();
     for (group, entries) in groups {
-        let stored = t.get(group)?.map(|v| v.value().to_vec());
-        let stored = stored.and_then(Batch::from_bytes);
+        let stored = match t.get(group)? {
+            Some(v) => Some(Batch::from_bytes(v.value().to_vec()).ok_or_else(|| {
+                // Never overwrite what cannot be read: its other records would be lost.
+                redb::Error::Corrupted(format!("record group {group} does not decode"))
+            })?),
+            None => None,
+        };
         let mut entries = entries;
         if let Some(old) = &stored {
             for e in old.entries() {
@@ -274,11 +279,10 @@ impl EmbeddedRecords {
 }
 
 impl BlockingSink for EmbeddedRecords {
-    /// Journals the batch; it is committed once its sync returns. A retried batch is appended
+    /// Journals the batch; it is committed when this returns. A retried batch is appended
     /// again: replaying it twice is harmless.
     fn write_blocking(&self, batch: &Arc<Batch>) -> Result<(), SinkError> {
-        let batch = Arc::clone(batch);
-        let mut st = self.journal.lock().map_err(unavailable)?;
+        let mut st = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         if st.broken || st.journal.is_full_for(batch.as_bytes()) {
             // Everything journaled so far goes into the index durably; then the
             // segment can be reused.
@@ -288,35 +292,19 @@ impl BlockingSink for EmbeddedRecords {
             st.journal.rotate().map_err(unavailable)?;
             st.broken = false;
         }
-        let to_sync = match st.journal.write(batch.as_bytes()) {
-            Ok(f) => f,
-            Err(e) => {
-                st.broken = true;
-                return Err(unavailable(format!("journal: {e}")));
-            }
-        };
-        // Listed before it is synced, under the journal lock: a checkpoint that
-        // retires this segment applies it. Lookups may see it a moment before its
-        // request is answered.
-        {
-            let mut pending = self.index.unapplied();
-            pending.push(batch);
-            if pending.len() == 1 {
-                self.index.wake.notify_one();
-            }
+        if let Err(e) = st.journal.append(batch.as_bytes()) {
+            // The frame may be half on disk: the next write starts a new segment.
+            st.broken = true;
+            return Err(unavailable(format!("journal: {e}")));
         }
-        drop(st);
-        // Committed once written (direct I/O) or once its sync returns (other writers' frames
-        // may share that sync).
-        let Some(file) = to_sync else {
-            return Ok(());
-        };
-        file.sync_data().map_err(|e| {
-            if let Ok(mut st) = self.journal.lock() {
-                st.broken = true;
-            }
-            unavailable(format!("journal: {e}"))
-        })
+        // Durable now. Listed under the journal lock, so a checkpoint that retires this
+        // segment applies it; lookups find it from here on.
+        let mut pending = self.index.unapplied();
+        pending.push(Arc::clone(batch));
+        if pending.len() == 1 {
+            self.index.wake.notify_one();
+        }
+        Ok(())
     }
 }
 
@@ -337,7 +325,7 @@ impl RecordSink for EmbeddedRecords {
         let state = Arc::clone(&self.journal);
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                let st = state.lock().map_err(unavailable)?;
+                let st = state.lock().unwrap_or_else(|p| p.into_inner());
                 // Everything into the index, durably: the next start has nothing to replay.
                 index
                     .apply_pending(Some(st.journal.segment() + 1))

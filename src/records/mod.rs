@@ -61,7 +61,8 @@ impl Record {
 }
 
 fn micros(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1000) as i64
+    // Floor, not truncation: instants before 1970 keep their microsecond.
+    t.unix_timestamp_nanos().div_euclid(1000) as i64
 }
 
 fn from_micros(us: i64) -> Option<OffsetDateTime> {

@@ -160,31 +160,40 @@ impl PostgresRecords {
             *guard = Some(self.connect().await?);
         }
         let client = guard.as_mut().expect("connected above");
-        let result = if retry {
-            async {
-                // One transaction on this connection; on any error the connection is dropped,
-                // which rolls it back.
-                client
-                    .batch_execute(
-                        "BEGIN; CREATE TEMP TABLE IF NOT EXISTS tracking_numbers_staging \
-                         (LIKE tracking_numbers) ON COMMIT DELETE ROWS",
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                Self::copy(client, "tracking_numbers_staging", batch).await?;
-                client
-                    .batch_execute(
-                        "INSERT INTO tracking_numbers SELECT * FROM tracking_numbers_staging \
-                         ON CONFLICT (tracking_number) DO NOTHING; COMMIT",
-                    )
-                    .await
-                    .map_err(pg_error)
-            }
-            .await
-        } else {
-            Self::copy(client, "tracking_numbers", batch)
+        // A connection that died without TCP noticing must not hold the batch (and every
+        // durable request behind it) forever: give up, drop it, and retry on a new one.
+        let limit = self.timeout * 20;
+        let write = async {
+            if retry {
+                async {
+                    // One transaction on this connection; on any error the connection is dropped,
+                    // which rolls it back.
+                    client
+                        .batch_execute(
+                            "BEGIN; CREATE TEMP TABLE IF NOT EXISTS tracking_numbers_staging \
+                             (LIKE tracking_numbers) ON COMMIT DELETE ROWS",
+                        )
+                        .await
+                        .map_err(pg_error)?;
+                    Self::copy(client, "tracking_numbers_staging", batch).await?;
+                    client
+                        .batch_execute(
+                            "INSERT INTO tracking_numbers SELECT * FROM tracking_numbers_staging \
+                             ON CONFLICT (tracking_number) DO NOTHING; COMMIT",
+                        )
+                        .await
+                        .map_err(pg_error)
+                }
                 .await
-                .map(drop)
+            } else {
+                Self::copy(client, "tracking_numbers", batch)
+                    .await
+                    .map(drop)
+            }
+        };
+        let result = match tokio::time::timeout(limit, write).await {
+            Ok(r) => r,
+            Err(_) => Err(unavailable(format!("writing a batch took over {limit:?}"))),
         };
         if result.is_err() {
             *guard = None;
