@@ -23,8 +23,8 @@ use std::time::Duration;
 pub const RECORD_GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("record_groups");
 const GROUP_BITS: u32 = 5;
 
-/// sequence number → [`Record::encode`]: how trackd 0.1 kept records before grouping; still
-/// read by lookups.
+/// sequence number → the record's binary form ([`super::RecordRef::encode_into`]): how
+/// trackd 0.1 kept records before grouping; still read by lookups.
 pub const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records_by_seq");
 
 /// Opens (or creates) the data directory's redb file, shared by records and idempotency keys.
@@ -138,6 +138,23 @@ impl Index {
         // Only now do lookups stop finding them in the list (others may have joined it).
         self.unapplied().drain(..batches.len());
         Ok(())
+    }
+
+    /// The stored form of the record of `seq`: in the unapplied list first (a batch leaves
+    /// it only after its redb commit), then its group, then trackd 0.1's table.
+    fn find(&self, seq: u64) -> Result<Option<Vec<u8>>, redb::Error> {
+        let recent = self.unapplied().clone();
+        if let Some(v) = recent.iter().rev().find_map(|b| b.find(seq)) {
+            return Ok(Some(v.to_vec()));
+        }
+        let tx = self.db.begin_read()?;
+        let group = tx.open_table(RECORD_GROUPS)?.get(seq >> GROUP_BITS)?;
+        let grouped = group.and_then(|g| Batch::from_bytes(g.value().to_vec()));
+        if let Some(v) = grouped.as_ref().and_then(|b| b.find(seq)) {
+            return Ok(Some(v.to_vec()));
+        }
+        let legacy = tx.open_table(RECORDS)?.get(seq)?;
+        Ok(legacy.map(|v| v.value().to_vec()))
     }
 
     fn unapplied(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Batch>>> {
@@ -345,33 +362,7 @@ impl RecordSink for EmbeddedRecords {
         let seq = self.permutation.invert(number.code());
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                // The list first: a batch leaves it only after its redb commit.
-                let recent = index.unapplied().clone();
-                let listed = recent
-                    .iter()
-                    .rev()
-                    .find_map(|b| b.entries().find(|e| e.seq == seq).map(|e| e.value.to_vec()));
-                let value = match listed {
-                    Some(v) => Some(v),
-                    None => {
-                        let tx = index.db.begin_read().map_err(unavailable)?;
-                        let groups = tx.open_table(RECORD_GROUPS).map_err(unavailable)?;
-                        let group = groups.get(seq >> GROUP_BITS).map_err(unavailable)?;
-                        let grouped = group
-                            .and_then(|g| Batch::from_bytes(g.value().to_vec()))
-                            .and_then(|b| {
-                                b.entries().find(|e| e.seq == seq).map(|e| e.value.to_vec())
-                            });
-                        match grouped {
-                            Some(v) => Some(v),
-                            None => {
-                                let legacy = tx.open_table(RECORDS).map_err(unavailable)?;
-                                let v = legacy.get(seq).map_err(unavailable)?;
-                                v.map(|v| v.value().to_vec())
-                            }
-                        }
-                    }
-                };
+                let value = index.find(seq).map_err(unavailable)?;
                 Ok(value
                     .and_then(|v| Record::decode(seq, number, &v))
                     .map(|r| r.to_json()))

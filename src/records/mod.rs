@@ -136,52 +136,78 @@ impl Record {
         }
     }
 
-    /// [`RecordRef::encode_into`] of this record, in a new buffer.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::new();
-        self.as_ref().encode_into(&mut b);
-        b
-    }
-
-    /// The inverse of [`Record::encode`]; `None` for bytes it did not write.
+    /// The record from its binary form ([`RecordRef::encode_into`]); `None` for bytes trackd
+    /// did not write.
     pub fn decode(seq: u64, number: TrackingNumber, b: &[u8]) -> Option<Self> {
-        fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-            let (head, tail) = b.split_at_checked(n)?;
-            *b = tail;
-            Some(head)
-        }
-        let mut b = b;
-        if take(&mut b, 1)? != [1] {
-            return None;
-        }
+        let f = Fields::parse(b)?;
         // The same sequence with other country codes is another number, never issued.
-        if take(&mut b, 4)? != &number.as_str().as_bytes()[..4] {
+        if f.countries != &number.as_str().as_bytes()[..4] {
             return None;
         }
-        let customer_id = Uuid::from_slice(take(&mut b, 16)?).ok()?;
-        let weight_grams = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?);
-        let issued_at = from_micros(i64::from_le_bytes(take(&mut b, 8)?.try_into().ok()?))?;
-        let order_created_at = match take(&mut b, 1)? {
-            [1] => Some(from_micros(i64::from_le_bytes(
-                take(&mut b, 8)?.try_into().ok()?,
-            ))?),
-            _ => None,
-        };
-        let text = |b: &mut &[u8]| -> Option<String> {
-            let n = u16::from_le_bytes(take(b, 2)?.try_into().ok()?) as usize;
-            String::from_utf8(take(b, n)?.to_vec()).ok()
-        };
-        let customer_name = text(&mut b)?;
-        let customer_slug = text(&mut b)?;
         Some(Self {
             seq,
             number,
+            customer_id: Uuid::from_bytes(*f.customer_id),
+            customer_name: f.customer_name.to_owned(),
+            customer_slug: f.customer_slug.to_owned(),
+            weight_grams: f.weight_grams,
+            order_created_at: match f.order_created_micros {
+                Some(us) => Some(from_micros(us)?),
+                None => None,
+            },
+            issued_at: from_micros(f.issued_micros)?,
+        })
+    }
+}
+
+/// The fields of a record's binary form ([`RecordRef::encode_into`]), borrowed from it: what
+/// [`Record::decode`] and the PostgreSQL `COPY` encoder read.
+#[derive(Debug, Clone, Copy)]
+pub struct Fields<'a> {
+    /// Origin and destination country codes, as in the number's first four characters.
+    pub countries: &'a [u8; 4],
+    pub customer_id: &'a [u8; 16],
+    pub weight_grams: u32,
+    /// Unix microseconds.
+    pub issued_micros: i64,
+    pub order_created_micros: Option<i64>,
+    pub customer_name: &'a str,
+    pub customer_slug: &'a str,
+}
+
+impl<'a> Fields<'a> {
+    /// `None` for bytes trackd did not write.
+    pub fn parse(mut b: &'a [u8]) -> Option<Self> {
+        fn take<'a, const N: usize>(b: &mut &'a [u8]) -> Option<&'a [u8; N]> {
+            let (head, tail) = b.split_first_chunk::<N>()?;
+            *b = tail;
+            Some(head)
+        }
+        fn text<'a>(b: &mut &'a [u8]) -> Option<&'a str> {
+            let n = u16::from_le_bytes(*take::<2>(b)?) as usize;
+            let (head, tail) = b.split_at_checked(n)?;
+            *b = tail;
+            std::str::from_utf8(head).ok()
+        }
+        if take::<1>(&mut b)? != &[1] {
+            return None;
+        }
+        let countries = take::<4>(&mut b)?;
+        let customer_id = take::<16>(&mut b)?;
+        let weight_grams = u32::from_le_bytes(*take::<4>(&mut b)?);
+        let issued_micros = i64::from_le_bytes(*take::<8>(&mut b)?);
+        let order_created_micros = match take::<1>(&mut b)? {
+            [1] => Some(i64::from_le_bytes(*take::<8>(&mut b)?)),
+            _ => None,
+        };
+        Some(Self {
+            countries,
             customer_id,
-            customer_name,
-            customer_slug,
             weight_grams,
-            order_created_at,
-            issued_at,
+            issued_micros,
+            order_created_micros,
+            customer_name: text(&mut b)?,
+            customer_slug: text(&mut b)?,
         })
     }
 }
@@ -282,6 +308,11 @@ impl Batch {
         })
     }
 
+    /// The stored record of sequence `seq`, if the batch holds it.
+    pub fn find(&self, seq: u64) -> Option<&[u8]> {
+        self.entries().find(|e| e.seq == seq).map(|e| e.value)
+    }
+
     /// Empties the batch, keeping its buffer.
     pub fn clear(&mut self) {
         self.bytes.clear();
@@ -341,7 +372,9 @@ mod tests {
                 order_created_at: created,
                 issued_at: t,
             };
-            let back = Record::decode(42, number, &r.encode()).unwrap();
+            let mut bytes = Vec::new();
+            r.as_ref().encode_into(&mut bytes);
+            let back = Record::decode(42, number, &bytes).unwrap();
             assert_eq!(back.to_json(), r.to_json());
         }
         assert!(Record::decode(1, number, &[1, 2, 3]).is_none());

@@ -2,7 +2,7 @@
 //! `COPY` (one statement per batch; a retried batch goes through a staging table with
 //! `ON CONFLICT DO NOTHING`, since the failed attempt may have committed).
 
-use super::{Batch, Record, RecordSink, SinkError, SinkFuture};
+use super::{Batch, Fields, Record, RecordSink, SinkError, SinkFuture};
 use crate::tracking::number::TrackingNumber;
 use bytes::{BufMut, BytesMut};
 use futures_util::SinkExt;
@@ -35,51 +35,28 @@ pub fn copy_payload(batch: &Batch) -> Option<bytes::Bytes> {
         out.put_i32(v.len() as i32);
         out.put_slice(v);
     }
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        let (head, tail) = b.split_at_checked(n)?;
-        *b = tail;
-        Some(head)
-    }
-    fn micros(b: &[u8]) -> Option<i64> {
-        Some(i64::from_le_bytes(b.try_into().ok()?))
-    }
     let mut out = BytesMut::with_capacity(19 + batch.as_bytes().len() + batch.len() * 48 + 2);
     out.put_slice(b"PGCOPY\n\xff\r\n\0");
     out.put_i32(0); // flags
     out.put_i32(0); // header extension length
     for e in batch.entries() {
-        let mut v = e.value;
-        if take(&mut v, 1)? != [1] {
-            return None;
-        }
-        let countries = take(&mut v, 4)?;
-        let customer_id = take(&mut v, 16)?;
-        let grams = u32::from_le_bytes(take(&mut v, 4)?.try_into().ok()?);
-        let issued = micros(take(&mut v, 8)?)?;
-        let created = match take(&mut v, 1)? {
-            [1] => Some(micros(take(&mut v, 8)?)?),
-            _ => None,
-        };
-        let name_len = u16::from_le_bytes(take(&mut v, 2)?.try_into().ok()?) as usize;
-        let name = take(&mut v, name_len)?;
-        let slug_len = u16::from_le_bytes(take(&mut v, 2)?.try_into().ok()?) as usize;
-        let slug = take(&mut v, slug_len)?;
-        if std::str::from_utf8(name).is_err() || std::str::from_utf8(slug).is_err() {
-            return None;
-        }
+        let f = Fields::parse(e.value)?;
         out.put_i16(9);
         field(&mut out, e.number);
-        field(&mut out, customer_id);
-        field(&mut out, name);
-        field(&mut out, slug);
-        field(&mut out, &countries[..2]);
-        field(&mut out, &countries[2..]);
-        field(&mut out, &(i32::try_from(grams).ok()?).to_be_bytes());
-        match created {
+        field(&mut out, f.customer_id);
+        field(&mut out, f.customer_name.as_bytes());
+        field(&mut out, f.customer_slug.as_bytes());
+        field(&mut out, &f.countries[..2]);
+        field(&mut out, &f.countries[2..]);
+        field(
+            &mut out,
+            &(i32::try_from(f.weight_grams).ok()?).to_be_bytes(),
+        );
+        match f.order_created_micros {
             Some(t) => field(&mut out, &(t - PG_EPOCH_MICROS).to_be_bytes()),
             None => out.put_i32(-1),
         }
-        field(&mut out, &(issued - PG_EPOCH_MICROS).to_be_bytes());
+        field(&mut out, &(f.issued_micros - PG_EPOCH_MICROS).to_be_bytes());
     }
     out.put_i16(-1);
     Some(out.freeze())
