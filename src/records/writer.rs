@@ -9,11 +9,11 @@
 use super::{Batch, RecordRef, RecordSink, SinkError};
 use crate::tracking::Issued;
 use crate::tracking::order::Order;
-use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,21 +57,43 @@ pub struct WriterStats {
     pub queued: AtomicU64,
 }
 
-/// Batches waiting for a writer, oldest first; each has a generation number, in order.
+/// Batches waiting for a writer, oldest first.
 #[derive(Default)]
 struct Queue {
-    batches: VecDeque<(u64, Batch)>,
+    batches: VecDeque<Pending>,
     records: usize,
-    next_generation: u64,
     closed: bool,
 }
 
-/// Which generations are written: all up to `committed`, and those in `done` above it (with
-/// several writers, batches can finish out of order).
+/// A batch and the signal its durable requests wait on.
+struct Pending {
+    batch: Batch,
+    done: Arc<Done>,
+}
+
+/// Set once a batch is written; wakes only the requests in that batch (a commit wakes the
+/// ~10 requests it concerns, not every request waiting for a later one).
 #[derive(Default)]
-struct Completion {
-    committed: u64,
-    done: BTreeSet<u64>,
+struct Done {
+    written: AtomicBool,
+    notify: Notify,
+}
+
+impl Done {
+    fn set(&self) {
+        self.written.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Waits until the batch is written, or `deadline`; false if the deadline came first.
+    async fn wait(&self, deadline: Instant) -> bool {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the check: a `set` between the two still wakes it.
+        notified.as_mut().enable();
+        self.written.load(Ordering::Acquire)
+            || tokio::time::timeout_at(deadline, notified).await.is_ok()
+    }
 }
 
 struct Shared {
@@ -83,9 +105,6 @@ struct Shared {
     work_cv: Condvar,
     /// Wakes requests waiting for room in the queue.
     room: Notify,
-    completion: Mutex<Completion>,
-    /// The generation up to which every batch is written.
-    committed: watch::Sender<u64>,
     stats: WriterStats,
     last_error: Mutex<Option<String>>,
 }
@@ -117,15 +136,10 @@ impl Recorder {
     ) -> Self {
         let shared = Arc::new(Shared {
             cfg,
-            queue: Mutex::new(Queue {
-                next_generation: 1,
-                ..Queue::default()
-            }),
+            queue: Mutex::default(),
             work: Notify::new(),
             work_cv: Condvar::new(),
             room: Notify::new(),
-            completion: Mutex::default(),
-            committed: watch::Sender::new(0),
             stats: WriterStats::default(),
             last_error: Mutex::new(None),
         });
@@ -180,47 +194,65 @@ impl Recorder {
     pub async fn record(&self, order: &Order, issued: &[Issued]) -> Result<(), RecordError> {
         let sh = &*self.shared;
         let cfg = &sh.cfg;
-        let deadline = Instant::now() + cfg.wait_timeout;
-        let generation = loop {
+        let mut deadline = None;
+        let done = loop {
+            if let Some(done) = self.try_push(order, issued)? {
+                break done;
+            }
+            // Full: wait for room (registered before the second look, so that room made
+            // between the two still wakes this request).
             let room = sh.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            {
-                let mut q = sh.queue.lock().map_err(|_| RecordError::Closed)?;
-                if q.closed {
-                    return Err(RecordError::Closed);
-                }
-                // A request larger than the queue still goes in once the queue is empty.
-                if q.records == 0 || q.records + issued.len() <= cfg.queue_capacity {
-                    let (generation, opened) = q.push(order, issued, cfg.batch_max);
-                    drop(q);
-                    sh.stats
-                        .queued
-                        .fetch_add(issued.len() as u64, Ordering::Relaxed);
-                    if opened {
-                        sh.work.notify_one();
-                        sh.work_cv.notify_one();
-                    }
-                    break generation;
-                }
+            if let Some(done) = self.try_push(order, issued)? {
+                break done;
             }
-            if tokio::time::timeout_at(deadline, room).await.is_err() {
+            let until = *deadline.get_or_insert_with(|| Instant::now() + cfg.wait_timeout);
+            if tokio::time::timeout_at(until, room).await.is_err() {
                 return Err(RecordError::QueueFull(cfg.wait_timeout));
             }
         };
-        if cfg.mode == Mode::Async {
-            return Ok(());
-        }
-        let mut committed = sh.committed.subscribe();
-        match tokio::time::timeout_at(deadline, committed.wait_for(|&c| c >= generation)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(RecordError::Closed),
-            Err(_) => Err(RecordError::NotCommitted(
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + cfg.wait_timeout);
+        match done {
+            None => Ok(()),
+            Some(done) if done.wait(deadline).await => Ok(()),
+            Some(_) => Err(RecordError::NotCommitted(
                 cfg.wait_timeout,
                 self.last_error()
                     .unwrap_or_else(|| "the writer is behind".into()),
             )),
         }
+    }
+
+    /// Appends the records to the open batch if the queue has room: `None` when it is full;
+    /// otherwise what a durable request waits on.
+    fn try_push(
+        &self,
+        order: &Order,
+        issued: &[Issued],
+    ) -> Result<Option<Option<Arc<Done>>>, RecordError> {
+        let sh = &*self.shared;
+        let cfg = &sh.cfg;
+        let mut q = sh.queue.lock().map_err(|_| RecordError::Closed)?;
+        if q.closed {
+            return Err(RecordError::Closed);
+        }
+        // A request larger than the queue still goes in once the queue is empty.
+        if q.records != 0 && q.records + issued.len() > cfg.queue_capacity {
+            return Ok(None);
+        }
+        let opened = q.push(order, issued, cfg.batch_max);
+        let done = (cfg.mode == Mode::Durable)
+            .then(|| Arc::clone(&q.batches.back().expect("just pushed").done));
+        drop(q);
+        sh.stats
+            .queued
+            .fetch_add(issued.len() as u64, Ordering::Relaxed);
+        if opened {
+            sh.work.notify_one();
+            sh.work_cv.notify_one();
+        }
+        Ok(Some(done))
     }
 
     /// Stops taking records, writes everything queued, waits for the writers, and closes the
@@ -253,29 +285,29 @@ impl Recorder {
 }
 
 impl Queue {
-    /// Appends the records to the open batch (or opens one); returns the batch's generation
-    /// and whether it was opened.
-    fn push(&mut self, order: &Order, issued: &[Issued], batch_max: usize) -> (u64, bool) {
+    /// Appends the records to the open batch (or opens one); returns whether it was opened.
+    fn push(&mut self, order: &Order, issued: &[Issued], batch_max: usize) -> bool {
         let fits = matches!(self.batches.back(),
-            Some((_, b)) if b.len() + issued.len() <= batch_max.max(1));
+            Some(p) if p.batch.len() + issued.len() <= batch_max.max(1));
         if !fits {
-            self.batches
-                .push_back((self.next_generation, Batch::default()));
-            self.next_generation += 1;
+            self.batches.push_back(Pending {
+                batch: Batch::default(),
+                done: Arc::default(),
+            });
         }
-        let (generation, batch) = self.batches.back_mut().expect("a batch is open");
+        let batch = &mut self.batches.back_mut().expect("a batch is open").batch;
         for i in issued {
             batch.push(&RecordRef::new(order, i));
         }
         self.records += issued.len();
-        (*generation, !fits)
+        !fits
     }
 
     /// Takes the oldest batch (durable), or every batch (`all`: async, after the interval).
-    fn take(&mut self, all: bool) -> Vec<(u64, Batch)> {
+    fn take(&mut self, all: bool) -> Vec<Pending> {
         let n = if all { self.batches.len() } else { 1 };
         let taken: Vec<_> = self.batches.drain(..n.min(self.batches.len())).collect();
-        self.records -= taken.iter().map(|(_, b)| b.len()).sum::<usize>();
+        self.records -= taken.iter().map(|p| p.batch.len()).sum::<usize>();
         taken
     }
 }
@@ -309,13 +341,14 @@ async fn write_loop(sh: Arc<Shared>, sink: Arc<dyn RecordSink>) {
             Err(_) => return,
         };
         sh.room.notify_waiters();
-        for (generation, batch) in taken {
+        for Pending { batch, done } in taken {
             let batch = Arc::new(batch);
             let mut failures = 0;
             while let Err(e) = sink.write(Arc::clone(&batch), failures > 0).await {
                 tokio::time::sleep(sh.failed(&e, &batch, &mut failures)).await;
             }
-            sh.written(generation, &batch, failures);
+            sh.written(&batch, failures);
+            done.set();
         }
     }
 }
@@ -348,13 +381,14 @@ fn write_thread(sh: Arc<Shared>, sink: Arc<dyn BlockingSink>) {
             q.take(gather)
         };
         sh.room.notify_waiters();
-        for (generation, batch) in taken {
+        for Pending { batch, done } in taken {
             let batch = Arc::new(batch);
             let mut failures = 0;
             while let Err(e) = sink.write_blocking(&batch) {
                 std::thread::sleep(sh.failed(&e, &batch, &mut failures));
             }
-            sh.written(generation, &batch, failures);
+            sh.written(&batch, failures);
+            done.set();
         }
     }
 }
@@ -371,9 +405,8 @@ impl Shared {
         (Duration::from_millis(50) * 2u32.saturating_pow(*failures - 1)).min(Duration::from_secs(1))
     }
 
-    /// Counts a written batch and publishes how far every batch is written (with several
-    /// writers, batches can finish out of order).
-    fn written(&self, generation: u64, batch: &Batch, failures: u32) {
+    /// Counts a written batch.
+    fn written(&self, batch: &Batch, failures: u32) {
         if failures > 0
             && let Ok(mut g) = self.last_error.lock()
         {
@@ -383,17 +416,5 @@ impl Shared {
         self.stats.written.fetch_add(n, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.queued.fetch_sub(n, Ordering::Relaxed);
-        let Ok(mut guard) = self.completion.lock() else {
-            return;
-        };
-        let c = &mut *guard;
-        c.done.insert(generation);
-        let before = c.committed;
-        while c.done.remove(&(c.committed + 1)) {
-            c.committed += 1;
-        }
-        if c.committed != before {
-            self.committed.send_replace(c.committed);
-        }
     }
 }
