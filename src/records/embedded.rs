@@ -1,7 +1,8 @@
 //! The embedded record store: a redb database (`trackd.redb` in the data directory) holding
 //! the records by sequence and the idempotency keys, behind a write-ahead journal
 //! (`records-journal/`): each batch is made durable by one journal fsync, then applied to the
-//! redb index without a sync; the index is committed durably at each journal checkpoint.
+//! redb index without a sync; the index is committed durably at each journal checkpoint, by
+//! the indexer thread, off the writer's path.
 
 use super::journal::{self, Journal};
 use super::writer::BlockingSink;
@@ -10,8 +11,8 @@ use crate::tracking::number::TrackingNumber;
 use crate::tracking::permute::Permutation;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -60,6 +61,8 @@ struct JournalState {
     journal: Journal,
     /// An append failed: its frame may be half on disk, so writing moves to a new segment.
     broken: bool,
+    /// This segment has asked the indexer for a spare.
+    spare_requested: bool,
 }
 
 /// The redb records table and the journaled batches not yet applied to it.
@@ -73,6 +76,14 @@ struct Index {
     applying: Mutex<()>,
     /// Tells the indexer thread to finish.
     stop: AtomicBool,
+    /// A checkpoint the indexer owes: every journal segment below this number (0: none).
+    checkpoint_due: AtomicU64,
+    /// The journal wants a spare file for its next segment.
+    spare_wanted: AtomicBool,
+    /// Checkpoints the writer had to make itself (no spare ready), for tests and logs.
+    inline_checkpoints: AtomicU64,
+    journal_dir: PathBuf,
+    segment_bytes: u64,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> SinkError {
@@ -132,7 +143,10 @@ impl Index {
         }
         apply(&tx, &batches)?;
         if let Some(segment) = checkpoint {
-            tx.open_table(META)?.insert(CHECKPOINT, segment)?;
+            let mut meta = tx.open_table(META)?;
+            // Never backwards (a late background checkpoint after a writer's own).
+            let current = meta.get(CHECKPOINT)?.map_or(0, |v| v.value());
+            meta.insert(CHECKPOINT, segment.max(current))?;
         }
         tx.commit()?;
         // Only now do lookups stop finding them in the list (others may have joined it).
@@ -189,6 +203,33 @@ impl Index {
                 tracing::error!(error = %e, "applying journaled records to redb failed; retrying");
                 std::thread::sleep(Duration::from_millis(200));
             }
+            self.background_work();
+        }
+    }
+
+    /// The journal's upkeep, off the writer's path: the checkpoint a rotation asked for (then
+    /// the full segment's file becomes the spare), and a spare file for the next rotation.
+    fn background_work(&self) {
+        let due = self.checkpoint_due.swap(0, Ordering::AcqRel);
+        if due > 0 {
+            let done = self.apply_pending(Some(due)).map_err(|e| e.to_string());
+            match done
+                .and_then(|()| journal::retire(&self.journal_dir, due).map_err(|e| e.to_string()))
+            {
+                Ok(()) => {}
+                Err(e) => {
+                    // Owed still: retried next time (the segments stay on disk meanwhile).
+                    tracing::error!(error = %e, "journal checkpoint failed; retrying");
+                    self.checkpoint_due.fetch_max(due, Ordering::AcqRel);
+                }
+            }
+        }
+        if self.spare_wanted.swap(false, Ordering::AcqRel)
+            && !journal::has_spare(&self.journal_dir)
+            && let Err(e) = journal::prepare_spare(&self.journal_dir, self.segment_bytes)
+        {
+            // The next rotation checkpoints on the writer's path instead.
+            tracing::warn!(error = %e, "preparing a spare journal segment failed");
         }
     }
 }
@@ -264,6 +305,11 @@ impl EmbeddedRecords {
             wake: Condvar::new(),
             applying: Mutex::new(()),
             stop: AtomicBool::new(false),
+            checkpoint_due: AtomicU64::new(0),
+            spare_wanted: AtomicBool::new(false),
+            inline_checkpoints: AtomicU64::new(0),
+            journal_dir: journal_dir.to_owned(),
+            segment_bytes,
         });
         index
             .apply_pending(Some(replay.next_segment))
@@ -290,6 +336,7 @@ impl EmbeddedRecords {
             journal: Arc::new(Mutex::new(JournalState {
                 journal,
                 broken: false,
+                spare_requested: false,
             })),
         })
     }
@@ -300,14 +347,30 @@ impl BlockingSink for EmbeddedRecords {
     /// again: replaying it twice is harmless.
     fn write_blocking(&self, batch: &Arc<Batch>) -> Result<(), SinkError> {
         let mut st = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-        if st.broken || st.journal.is_full_for(batch.as_bytes()) {
+        let full = st.journal.is_full_for(batch.as_bytes());
+        let moved = full && !st.broken && st.journal.rotate_to_spare().map_err(unavailable)?;
+        if moved {
+            // The indexer checkpoints the full segment in the background.
+            self.index
+                .checkpoint_due
+                .fetch_max(st.journal.segment(), Ordering::AcqRel);
+            st.spare_requested = false;
+        } else if st.broken || full {
             // Everything journaled so far goes into the index durably; then the
             // segment can be reused.
+            self.index
+                .inline_checkpoints
+                .fetch_add(1, Ordering::Relaxed);
             self.index
                 .apply_pending(Some(st.journal.segment() + 1))
                 .map_err(unavailable)?;
             st.journal.rotate().map_err(unavailable)?;
             st.broken = false;
+            st.spare_requested = false;
+        }
+        if !st.spare_requested && st.journal.is_half_full() {
+            st.spare_requested = true;
+            self.index.spare_wanted.store(true, Ordering::Release);
         }
         if let Err(e) = st.journal.append(batch.as_bytes()) {
             // The frame may be half on disk: the next write starts a new segment.
@@ -461,6 +524,45 @@ mod tests {
         store.close().await.unwrap();
         drop(store);
         let store = open(dir.path(), "a", 2 * 4096);
+        assert_found(&store, &all).await;
+    }
+
+    #[tokio::test]
+    async fn rotations_use_a_spare_and_the_indexer_checkpoints_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = permutation();
+        // Four frames per segment: a spare is asked for after the third.
+        let store = open(dir.path(), "a", 4 * 4096);
+        let first = store.journal.lock().unwrap().journal.segment();
+        let written = batches(&p, 900, 400, 10);
+        for (b, _) in &written {
+            store.write_blocking(b).unwrap();
+            // Time for the indexer (5 ms interval) to keep up, as between real segments.
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let segment = store.journal.lock().unwrap().journal.segment();
+        assert_eq!(segment - first, 9, "40 one-block frames, 4 per segment");
+        let inline = store.index.inline_checkpoints.load(Ordering::Relaxed);
+        // The first rotation may find no spare yet; the others never wait for a checkpoint.
+        assert!(inline <= 1, "{inline} checkpoints on the writer's path");
+        std::thread::sleep(Duration::from_millis(100));
+        let checkpoint = {
+            let tx = store.index.db.begin_read().unwrap();
+            let meta = tx.open_table(META).unwrap();
+            meta.get(CHECKPOINT).unwrap().unwrap().value()
+        };
+        assert_eq!(checkpoint, segment, "every full segment is checkpointed");
+        // The current segment and the spare: full segments' files are recycled.
+        let files = std::fs::read_dir(dir.path().join("journal"))
+            .unwrap()
+            .count();
+        assert_eq!(files, 2);
+        let all: Vec<Record> = written.into_iter().flat_map(|(_, r)| r).collect();
+        assert_found(&store, &all).await;
+        // A crash before the last checkpoint: the index loses its unsynced commits, the
+        // journal's segments from the checkpoint on bring them back.
+        drop(store);
+        let store = open(dir.path(), "a", 4 * 4096);
         assert_found(&store, &all).await;
     }
 

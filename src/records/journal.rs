@@ -2,9 +2,11 @@
 //! checksummed frame to a preallocated segment file by one direct, synchronous write
 //! (`O_DIRECT | O_DSYNC`; write + `fdatasync` where the file system refuses direct I/O):
 //! ~0.1–0.2 ms here, against ~1 ms for a redb commit. It is then applied to the redb index
-//! without a sync. Once a segment is full, the index is committed durably (the checkpoint) and
-//! the segment's file is recycled for the next one; at start, frames after the checkpoint are
-//! replayed into the index.
+//! without a sync. Once a segment is full, writing moves on to a spare file (zero-filled in the
+//! background while the segment fills) and the index is committed durably (the checkpoint) in
+//! the background; the checkpointed segment's file becomes the next spare. Without a spare, the
+//! writer checkpoints itself and recycles the full segment's file. At start, frames after the
+//! checkpoint are replayed into the index.
 //!
 //! A frame is `TRKJ`, the segment number (u64 LE), the payload length (u32 LE), a CRC-32 of
 //! those two and the payload (u32 LE), then the payload ([`super::Batch`] bytes), padded to a
@@ -27,6 +29,8 @@ fn padded(n: usize) -> usize {
     n.div_ceil(BLOCK) * BLOCK
 }
 const SUFFIX: &str = ".seg";
+/// A zero-filled or checkpointed file, ready to become the next segment (not a segment name).
+const SPARE: &str = "spare.free";
 
 /// The default segment size: 16,384 frames (batches) between checkpoints, at least.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
@@ -161,6 +165,7 @@ impl Journal {
         if !path.exists() {
             match old.next() {
                 Some((_, recycled)) => std::fs::rename(recycled, &path)?,
+                None if dir.join(SPARE).exists() => std::fs::rename(dir.join(SPARE), &path)?,
                 None => create_zeroed(dir, &path, segment_bytes)?,
             }
         }
@@ -185,6 +190,11 @@ impl Journal {
 
     pub fn segment(&self) -> u64 {
         self.segment
+    }
+
+    /// Whether more than half of this segment is written (time to have a spare ready).
+    pub fn is_half_full(&self) -> bool {
+        self.offset > self.segment_bytes / 2
     }
 
     /// Whether `payload` no longer fits in this segment: checkpoint, then [`Journal::rotate`].
@@ -216,6 +226,31 @@ impl Journal {
         Ok(())
     }
 
+    /// Moves on to the next segment in the spare file, if there is one (false: none), leaving
+    /// this segment's file as it is until a checkpoint retires it ([`retire`]). Segments below
+    /// the new one then need a checkpoint.
+    pub fn rotate_to_spare(&mut self) -> io::Result<bool> {
+        let spare = self.dir.join(SPARE);
+        if !spare.exists() {
+            return Ok(false);
+        }
+        let next = self.segment + 1;
+        let path = segment_path(&self.dir, next);
+        std::fs::rename(spare, &path)?;
+        sync_dir(&self.dir)?;
+        self.open(next, &path)?;
+        Ok(true)
+    }
+
+    fn open(&mut self, segment: u64, path: &Path) -> io::Result<()> {
+        let (file, direct) = open_segment(path)?;
+        self.file = file;
+        self.direct = direct;
+        self.segment = segment;
+        self.offset = 0;
+        Ok(())
+    }
+
     /// Moves on to the next segment, reusing this segment's file: call only once everything
     /// appended so far is checkpointed. Also the way out after a failed append, whose frame
     /// may or may not be on disk.
@@ -228,19 +263,46 @@ impl Journal {
             std::fs::rename(current, &path)?;
         }
         sync_dir(&self.dir)?;
-        let (file, direct) = open_segment(&path)?;
-        self.file = file;
-        self.direct = direct;
-        self.segment = next;
-        self.offset = 0;
-        Ok(())
+        self.open(next, &path)
     }
+}
+
+/// Whether `dir` holds a spare file.
+pub fn has_spare(dir: &Path) -> bool {
+    dir.join(SPARE).exists()
+}
+
+/// Writes a zero-filled spare file of `bytes` (off the writer's path: it takes a while).
+pub fn prepare_spare(dir: &Path, bytes: u64) -> io::Result<()> {
+    create_zeroed(dir, &dir.join(SPARE), bytes)?;
+    sync_dir(dir)
+}
+
+/// After a checkpoint covering every segment below `below`: their files go, one of them
+/// becoming the spare if there is none.
+pub fn retire(dir: &Path, below: u64) -> io::Result<()> {
+    for (n, path) in segments(dir)? {
+        if n >= below {
+            break;
+        }
+        if has_spare(dir) {
+            std::fs::remove_file(path)?;
+        } else {
+            std::fs::rename(path, dir.join(SPARE))?;
+        }
+    }
+    sync_dir(dir)
 }
 
 /// A new segment file of zeros, synced: overwriting preallocated blocks makes each
 /// `fdatasync` cheaper than growing the file (130 µs against 217 µs measured here).
 fn create_zeroed(dir: &Path, path: &Path, bytes: u64) -> io::Result<()> {
-    let tmp = dir.join("segment.tmp");
+    let tmp = dir.join(format!(
+        "{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("segment")
+    ));
     let mut f = File::create(&tmp)?;
     let zeros = vec![0u8; 1 << 20];
     let mut left = bytes;
@@ -335,6 +397,49 @@ mod tests {
         let r = replay(d.path(), 2).unwrap();
         assert_eq!(r.payloads, vec![b"second life".to_vec()]);
         assert_eq!(r.next_segment, 3);
+    }
+
+    #[test]
+    fn a_rotation_moves_to_the_spare_and_a_checkpoint_retires_the_full_segment() {
+        let d = dir();
+        let mut j = Journal::start(d.path(), 1, 2 * 4096).unwrap();
+        j.append(b"one").unwrap();
+        j.append(b"two").unwrap();
+        assert!(j.is_half_full());
+        // No spare yet: the caller checkpoints and rotates in place.
+        assert!(!j.rotate_to_spare().unwrap());
+        assert_eq!(j.segment(), 1);
+        prepare_spare(d.path(), 2 * 4096).unwrap();
+        assert!(has_spare(d.path()));
+        assert!(j.rotate_to_spare().unwrap());
+        assert_eq!(j.segment(), 2);
+        assert!(!has_spare(d.path()));
+        j.append(b"three").unwrap();
+        // Until the checkpoint, segment 1 stays and is replayed with segment 2.
+        let r = replay(d.path(), 1).unwrap();
+        assert_eq!(
+            r.payloads,
+            vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+        );
+        retire(d.path(), 2).unwrap();
+        assert!(has_spare(d.path()), "segment 1's file is the next spare");
+        assert_eq!(segments(d.path()).unwrap().len(), 1);
+        assert_eq!(
+            replay(d.path(), 2).unwrap().payloads,
+            vec![b"three".to_vec()]
+        );
+        // The recycled spare's old frames (segment 1's) are not read as segment 3's.
+        assert!(j.rotate_to_spare().unwrap());
+        j.append(b"four").unwrap();
+        let r = replay(d.path(), 2).unwrap();
+        assert_eq!(r.payloads, vec![b"three".to_vec(), b"four".to_vec()]);
+        // A restart that finds a spare and no old segment uses it.
+        drop(j);
+        retire(d.path(), 4).unwrap();
+        assert!(has_spare(d.path()));
+        let j = Journal::start(d.path(), 4, 2 * 4096).unwrap();
+        assert!(!has_spare(d.path()));
+        assert_eq!(j.segment(), 4);
     }
 
     #[test]
