@@ -152,6 +152,11 @@ impl Application {
                     tracking.permutation().clone(),
                     &settings.storage.data_dir.join("records-journal"),
                     ms(r.flush_interval_ms),
+                    if r.mode == "durable" {
+                        crate::records::journal::DURABLE_SEGMENT_BYTES
+                    } else {
+                        crate::records::journal::ASYNC_SEGMENT_BYTES
+                    },
                 )
                 .map_err(StartError::Database)?,
             );

@@ -255,25 +255,10 @@ impl Drop for Indexer {
 }
 
 impl EmbeddedRecords {
-    /// The records table of `db` behind the journal in `journal_dir`: frames written after the
-    /// last checkpoint (by a run that crashed) are applied first. Journaled batches are applied
-    /// to the table every `index_interval`.
+    /// The records table of `db` behind the journal in `journal_dir` (segments of
+    /// `segment_bytes`): frames written after the last checkpoint (by a run that crashed) are
+    /// applied first. Journaled batches are applied to the table every `index_interval`.
     pub fn open(
-        db: Arc<Database>,
-        permutation: Permutation,
-        journal_dir: &Path,
-        index_interval: Duration,
-    ) -> Result<Self, String> {
-        Self::open_with(
-            db,
-            permutation,
-            journal_dir,
-            index_interval,
-            journal::SEGMENT_BYTES,
-        )
-    }
-
-    pub fn open_with(
         db: Arc<Database>,
         permutation: Permutation,
         journal_dir: &Path,
@@ -494,7 +479,7 @@ mod tests {
 
     fn open(dir: &Path, db: &str, segment_bytes: u64) -> EmbeddedRecords {
         let db = super::open(&dir.join(db)).unwrap();
-        EmbeddedRecords::open_with(
+        EmbeddedRecords::open(
             db,
             permutation(),
             &dir.join("journal"),

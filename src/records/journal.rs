@@ -32,11 +32,16 @@ const SUFFIX: &str = ".seg";
 /// A zero-filled or checkpointed file, ready to become the next segment (not a segment name).
 const SPARE: &str = "spare.free";
 
-/// The default segment size: 2,048 frames (batches) between checkpoints, at most (about one
-/// checkpoint a second at full durable load). Checkpoints of 64 MiB segments took ~70 ms of
-/// device time each and put 40–80 ms into durable mode's p99; at 8 MiB they take ~12 ms and
-/// its p99 stays at 6–8 ms.
-pub const SEGMENT_BYTES: u64 = 8 << 20;
+/// Segment size in `durable` mode: at most 2,048 frames (batches) between checkpoints, about
+/// one checkpoint a second at full load. A checkpoint's device time is proportional to what
+/// redb wrote since the last one, and durable requests wait on the device meanwhile: 64 MiB
+/// segments made ~70 ms checkpoints that put 40–80 ms into durable p99; 8 MiB ones take
+/// ~12 ms and p99 stays at 6–8 ms.
+pub const DURABLE_SEGMENT_BYTES: u64 = 8 << 20;
+
+/// Segment size in `async` mode, where no request waits on the journal: fewer checkpoints
+/// (frames are larger, one per flush interval), less work in all.
+pub const ASYNC_SEGMENT_BYTES: u64 = 64 << 20;
 
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:020}{SUFFIX}"))
