@@ -49,6 +49,13 @@ pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Every journal segment below this number is applied to the records table durably.
 const CHECKPOINT: &str = "journal_checkpoint";
 
+/// The journal segment from which frames still need replaying (0: none checkpointed yet).
+fn stored_checkpoint(
+    meta: &impl ReadableTable<&'static str, u64>,
+) -> Result<u64, redb::StorageError> {
+    Ok(meta.get(CHECKPOINT)?.map_or(0, |v| v.value()))
+}
+
 #[derive(Clone)]
 pub struct EmbeddedRecords {
     index: Arc<Index>,
@@ -145,7 +152,7 @@ impl Index {
         if let Some(segment) = checkpoint {
             let mut meta = tx.open_table(META)?;
             // Never backwards (a late background checkpoint after a writer's own).
-            let current = meta.get(CHECKPOINT)?.map_or(0, |v| v.value());
+            let current = stored_checkpoint(&meta)?;
             meta.insert(CHECKPOINT, segment.max(current))?;
         }
         tx.commit()?;
@@ -269,8 +276,7 @@ impl EmbeddedRecords {
         let from = {
             let tx = db.begin_read().map_err(|e| e.to_string())?;
             let meta = tx.open_table(META).map_err(|e| e.to_string())?;
-            let v = meta.get(CHECKPOINT).map_err(|e| e.to_string())?;
-            v.map_or(0, |v| v.value())
+            stored_checkpoint(&meta).map_err(|e| e.to_string())?
         };
         let replay = journal::replay(journal_dir, from).map_err(|e| where_(&e))?;
         let mut replayed = 0;
@@ -534,8 +540,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         let checkpoint = {
             let tx = store.index.db.begin_read().unwrap();
-            let meta = tx.open_table(META).unwrap();
-            meta.get(CHECKPOINT).unwrap().unwrap().value()
+            super::stored_checkpoint(&tx.open_table(META).unwrap()).unwrap()
         };
         assert_eq!(checkpoint, segment, "every full segment is checkpointed");
         // The current segment and the spare: full segments' files are recycled.

@@ -71,6 +71,14 @@ struct Pending {
     done: Arc<Done>,
 }
 
+/// What [`Recorder::try_push`] did with a request's records.
+enum Pushed {
+    /// No room: the queue holds `queue_capacity` records.
+    Full,
+    /// Queued; in durable mode, with the signal of the batch's commit.
+    Queued(Option<Arc<Done>>),
+}
+
 /// Set once a batch is written; wakes only the requests in that batch (a commit wakes the
 /// ~10 requests it concerns, not every request waiting for a later one).
 #[derive(Default)]
@@ -196,7 +204,7 @@ impl Recorder {
         let cfg = &sh.cfg;
         let mut deadline = None;
         let done = loop {
-            if let Some(done) = self.try_push(order, issued)? {
+            if let Pushed::Queued(done) = self.try_push(order, issued)? {
                 break done;
             }
             // Full: wait for room (registered before the second look, so that room made
@@ -204,7 +212,7 @@ impl Recorder {
             let room = sh.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if let Some(done) = self.try_push(order, issued)? {
+            if let Pushed::Queued(done) = self.try_push(order, issued)? {
                 break done;
             }
             let until = *deadline.get_or_insert_with(|| Instant::now() + cfg.wait_timeout);
@@ -224,13 +232,8 @@ impl Recorder {
         }
     }
 
-    /// Appends the records to the open batch if the queue has room: `None` when it is full;
-    /// otherwise what a durable request waits on.
-    fn try_push(
-        &self,
-        order: &Order,
-        issued: &[Issued],
-    ) -> Result<Option<Option<Arc<Done>>>, RecordError> {
+    /// Appends the records to the open batch if the queue has room.
+    fn try_push(&self, order: &Order, issued: &[Issued]) -> Result<Pushed, RecordError> {
         let sh = &*self.shared;
         let cfg = &sh.cfg;
         let mut q = sh.queue.lock().map_err(|_| RecordError::Closed)?;
@@ -239,7 +242,7 @@ impl Recorder {
         }
         // A request larger than the queue still goes in once the queue is empty.
         if q.records != 0 && q.records + issued.len() > cfg.queue_capacity {
-            return Ok(None);
+            return Ok(Pushed::Full);
         }
         let opened = q.push(order, issued, cfg.batch_max);
         let done = (cfg.mode == Mode::Durable)
@@ -252,7 +255,7 @@ impl Recorder {
             sh.work.notify_one();
             sh.work_cv.notify_one();
         }
-        Ok(Some(done))
+        Ok(Pushed::Queued(done))
     }
 
     /// Stops taking records, writes everything queued, waits for the writers, and closes the
