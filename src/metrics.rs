@@ -35,6 +35,7 @@ pub const RECORDS_WRITTEN: &str = "trackd_records_written_total";
 pub const RECORD_BATCHES: &str = "trackd_records_batches_total";
 pub const RECORD_WRITE_FAILURES: &str = "trackd_records_write_failures_total";
 pub const RECORDS_QUEUED: &str = "trackd_records_queued";
+pub const RECORD_BATCH_WRITE: &str = "trackd_records_batch_write_seconds";
 // Process
 pub const BUILD_INFO: &str = "trackd_build_info";
 pub const READY: &str = "trackd_ready";
@@ -76,6 +77,12 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(STORE_LATENCY.into()), STORE_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(RECORD_BATCH_WRITE.into()),
+                        STORE_BUCKETS,
+                    )
+                })
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full(POLICY_CACHE_LOAD_DURATION.into()),
@@ -173,6 +180,11 @@ fn describe() {
         RECORDS_QUEUED,
         Unit::Count,
         "Records issued and not yet written: the writer's backlog."
+    );
+    describe_histogram!(
+        RECORD_BATCH_WRITE,
+        Unit::Seconds,
+        "Duration of each record batch write (one COPY, or one journal append and its sync), failures included: in durable mode, the commit every waiting request shares."
     );
     describe_gauge!(
         READY,
@@ -414,6 +426,12 @@ pub fn refresh_tracking(s: &TrackingSnapshot) {
     gauge!(READY).set(if s.ready { 1.0 } else { 0.0 });
 }
 
+/// One attempt to write a batch of records to `store` took `elapsed` (per batch, not per
+/// record: a few thousand a second at most).
+pub fn record_batch_write(store: &'static str, elapsed: Duration) {
+    histogram!(RECORD_BATCH_WRITE, "store" => store).record(elapsed.as_secs_f64());
+}
+
 /// The record writer's counters, read at scrape time.
 pub struct RecordsSnapshot {
     pub store: &'static str,
@@ -458,6 +476,7 @@ mod tests {
             RECORD_BATCHES,
             RECORD_WRITE_FAILURES,
             RECORDS_QUEUED,
+            RECORD_BATCH_WRITE,
         ] {
             assert!(name.starts_with("trackd_"), "{name}");
             assert!(

@@ -106,6 +106,8 @@ impl Done {
 
 struct Shared {
     cfg: WriterConfig,
+    /// The record store's name, for metrics.
+    store: &'static str,
     queue: Mutex<Queue>,
     /// Wakes a writer task: a batch was opened, or shutdown began.
     work: Notify,
@@ -144,6 +146,7 @@ impl Recorder {
     ) -> Self {
         let shared = Arc::new(Shared {
             cfg,
+            store: sink.kind(),
             queue: Mutex::default(),
             work: Notify::new(),
             work_cv: Condvar::new(),
@@ -347,7 +350,11 @@ async fn write_loop(sh: Arc<Shared>, sink: Arc<dyn RecordSink>) {
         for Pending { batch, done } in taken {
             let batch = Arc::new(batch);
             let mut failures = 0;
-            while let Err(e) = sink.write(Arc::clone(&batch), failures > 0).await {
+            loop {
+                let started = std::time::Instant::now();
+                let result = sink.write(Arc::clone(&batch), failures > 0).await;
+                crate::metrics::record_batch_write(sh.store, started.elapsed());
+                let Err(e) = result else { break };
                 tokio::time::sleep(sh.failed(&e, &batch, &mut failures)).await;
             }
             sh.written(&batch, failures);
@@ -387,7 +394,11 @@ fn write_thread(sh: Arc<Shared>, sink: Arc<dyn BlockingSink>) {
         for Pending { batch, done } in taken {
             let batch = Arc::new(batch);
             let mut failures = 0;
-            while let Err(e) = sink.write_blocking(&batch) {
+            loop {
+                let started = std::time::Instant::now();
+                let result = sink.write_blocking(&batch);
+                crate::metrics::record_batch_write(sh.store, started.elapsed());
+                let Err(e) = result else { break };
                 std::thread::sleep(sh.failed(&e, &batch, &mut failures));
             }
             sh.written(&batch, failures);

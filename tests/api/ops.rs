@@ -104,6 +104,17 @@ async fn metrics_are_well_formed_and_name_route_templates_only() {
         Some(0.0),
         "{text}"
     );
+    // Each batch write is timed (recorded before it counts as written).
+    assert_at_least(
+        &text,
+        r#"trackd_records_batch_write_seconds_count{store="embedded"}"#,
+        1.0,
+    );
+    assert_at_least(
+        &text,
+        r#"trackd_records_batch_write_seconds_bucket{store="embedded",le="+Inf"}"#,
+        1.0,
+    );
 
     for name in [
         "trackd_http_requests_total",
