@@ -45,7 +45,7 @@ pub struct AppState {
     pub record_sink: Option<Arc<dyn RecordSink>>,
     /// Where records are written; `None` with `records.mode = "off"`.
     pub recorder: Option<Arc<Recorder>>,
-    pub idempotency: Idempotency,
+    pub idempotency: Arc<Idempotency>,
     /// How long a retry waits for the first request with its key to finish.
     pub idempotency_wait: std::time::Duration,
     pub policy: crate::policy::PolicyService,
@@ -188,7 +188,7 @@ impl Application {
                 },
             ))
         });
-        let idempotency = if t.sequence_store == "redis" {
+        let idempotency = Arc::new(if t.sequence_store == "redis" {
             Idempotency::redis(
                 t.redis_urls(),
                 t.redis_cluster,
@@ -197,7 +197,7 @@ impl Application {
             )
         } else {
             Idempotency::embedded(embedded_db(&mut db, &settings.storage.data_dir)?)
-        };
+        });
         let (policy, policy_actor) = crate::policy::start(&settings.policy)
             .await
             .map_err(StartError::Policy)?;
@@ -270,6 +270,11 @@ impl Application {
         if let Some(recorder) = &self.state.recorder {
             recorder.shutdown().await;
         }
+        // Their records are written now: keys answered 503 while waiting get their 201.
+        self.state
+            .idempotency
+            .finish_deferred(std::time::Duration::from_secs(5))
+            .await;
         for (cell, handle) in self.actors {
             cell.stop(None);
             let _ = handle.await;

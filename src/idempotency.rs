@@ -15,6 +15,8 @@ pub const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idem
 pub const TTL: Duration = Duration::from_secs(24 * 3600);
 /// A key still pending after this long belongs to a request that died: it may be taken over.
 const STALE_PENDING: Duration = Duration::from_secs(30);
+/// How often a key whose answer waits for a commit past its request is marked alive again.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
 
 /// What the first request with a key left behind.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -30,11 +32,16 @@ struct Entry {
     owner: String,
 }
 
+/// A pending key as this request claimed it: completing, refreshing or releasing it succeeds
+/// only while the key still holds exactly this (nobody took it over meanwhile).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim(String);
+
 /// What to do with a request carrying a key.
 #[derive(Debug, PartialEq)]
 pub enum Begin {
     /// First use: answer it, then [`Idempotency::complete`] (or [`Idempotency::abandon`]).
-    Fresh,
+    Fresh(Claim),
     /// A retry: answer exactly this.
     Replay { status: u16, body: String },
     /// The key was used with other parameters.
@@ -61,6 +68,9 @@ enum Backend {
 pub struct Idempotency {
     backend: Backend,
     owner: String,
+    /// Answers completed after their request (see [`Held::complete_after`]); awaited at
+    /// shutdown.
+    deferred: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 fn now_ms() -> u64 {
@@ -75,10 +85,14 @@ fn process_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Takes over a pending key only if it still holds exactly what we read.
+/// Replaces a key's value (or, given "", deletes it) only if it still holds exactly ARGV[1].
 const CAS_LUA: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  if ARGV[2] == '' then
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  end
   return 1
 end
 return 0
@@ -95,6 +109,7 @@ impl Idempotency {
                 conn: tokio::sync::Mutex::new(None),
             },
             owner: process_id(),
+            deferred: Default::default(),
         }
     }
 
@@ -102,6 +117,7 @@ impl Idempotency {
         Self {
             backend: Backend::Embedded(db),
             owner: process_id(),
+            deferred: Default::default(),
         }
     }
 
@@ -122,6 +138,10 @@ impl Idempotency {
         }
     }
 
+    fn pending_json(&self, fingerprint: &str) -> Result<String, IdemError> {
+        serde_json::to_string(&self.pending(fingerprint)).map_err(|e| IdemError(e.to_string()))
+    }
+
     /// Decides what a request with `key` and these parameters gets; a `Fresh` answer claims the
     /// key. Waits up to `wait` for a first request still in progress.
     pub async fn begin(
@@ -136,14 +156,17 @@ impl Idempotency {
                 Backend::Redis { .. } => self.begin_redis(key, fingerprint).await?,
                 Backend::Embedded(db) => {
                     let db = Arc::clone(db);
-                    let (key, entry, owner) = (
+                    let (key, fingerprint, mine, owner) = (
                         key.to_owned(),
-                        self.pending(fingerprint),
+                        fingerprint.to_owned(),
+                        self.pending_json(fingerprint)?,
                         self.owner.clone(),
                     );
-                    tokio::task::spawn_blocking(move || begin_embedded(&db, &key, entry, &owner))
-                        .await
-                        .map_err(|e| IdemError(e.to_string()))??
+                    tokio::task::spawn_blocking(move || {
+                        begin_embedded(&db, &key, &fingerprint, mine, &owner)
+                    })
+                    .await
+                    .map_err(|e| IdemError(e.to_string()))??
                 }
             };
             if outcome != Begin::InProgress || tokio::time::Instant::now() >= deadline {
@@ -153,49 +176,84 @@ impl Idempotency {
         }
     }
 
-    /// Remembers the answer of a `Fresh` request.
+    /// Remembers the answer of a `Fresh` request; false if the claim was lost (the key was
+    /// taken over as stale), in which case nothing is written.
     pub async fn complete(
         &self,
         key: &str,
-        fingerprint: &str,
+        claim: &Claim,
         status: u16,
         body: &str,
-    ) -> Result<(), IdemError> {
-        let entry = Entry {
+    ) -> Result<bool, IdemError> {
+        let entry: Entry = serde_json::from_str(&claim.0).map_err(|e| IdemError(e.to_string()))?;
+        let done = Entry {
             status: Some(status),
             body: Some(body.to_owned()),
-            ..self.pending(fingerprint)
+            at_ms: now_ms(),
+            ..entry
         };
-        let value = serde_json::to_string(&entry).map_err(|e| IdemError(e.to_string()))?;
+        let value = serde_json::to_string(&done).map_err(|e| IdemError(e.to_string()))?;
+        self.swap(key, claim, Some(value)).await
+    }
+
+    /// Releases a `Fresh` key whose request failed (a 503) or was given up, so that a retry
+    /// is answered anew; false if the claim was already lost.
+    pub async fn abandon(&self, key: &str, claim: &Claim) -> Result<bool, IdemError> {
+        self.swap(key, claim, None).await
+    }
+
+    /// Marks a claimed key alive again (its answer is still coming), so that it is not taken
+    /// over as stale; false if the claim was lost.
+    pub async fn refresh(&self, key: &str, claim: &mut Claim) -> Result<bool, IdemError> {
+        let entry: Entry = serde_json::from_str(&claim.0).map_err(|e| IdemError(e.to_string()))?;
+        let value = self.pending_json(&entry.fingerprint)?;
+        let kept = self.swap(key, claim, Some(value.clone())).await?;
+        if kept {
+            *claim = Claim(value);
+        }
+        Ok(kept)
+    }
+
+    /// Replaces the key's value with `new` (or removes it) if it still holds `claim`.
+    async fn swap(&self, key: &str, claim: &Claim, new: Option<String>) -> Result<bool, IdemError> {
         match &self.backend {
             Backend::Redis { .. } => {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(self.redis_key(key)).arg(value).arg("KEEPTTL");
-                self.redis_query::<()>(cmd).await
+                let mut cas = redis::cmd("EVAL");
+                cas.arg(CAS_LUA)
+                    .arg(1)
+                    .arg(self.redis_key(key))
+                    .arg(&claim.0)
+                    .arg(new.unwrap_or_default());
+                Ok(self.redis_query::<i64>(cas).await? == 1)
             }
             Backend::Embedded(db) => {
-                let (db, key) = (Arc::clone(db), key.to_owned());
-                tokio::task::spawn_blocking(move || put_embedded(&db, &key, Some(&value)))
-                    .await
-                    .map_err(|e| IdemError(e.to_string()))?
+                let (db, key, claim) = (Arc::clone(db), key.to_owned(), claim.0.clone());
+                tokio::task::spawn_blocking(move || {
+                    swap_embedded(&db, &key, &claim, new.as_deref())
+                })
+                .await
+                .map_err(|e| IdemError(e.to_string()))?
             }
         }
     }
 
-    /// Releases a `Fresh` key whose request failed (a 503), so that a retry is answered anew.
-    pub async fn abandon(&self, key: &str) -> Result<(), IdemError> {
-        match &self.backend {
-            Backend::Redis { .. } => {
-                let mut cmd = redis::cmd("DEL");
-                cmd.arg(self.redis_key(key));
-                self.redis_query::<()>(cmd).await
-            }
-            Backend::Embedded(db) => {
-                let (db, key) = (Arc::clone(db), key.to_owned());
-                tokio::task::spawn_blocking(move || put_embedded(&db, &key, None))
-                    .await
-                    .map_err(|e| IdemError(e.to_string()))?
-            }
+    /// Waits up to `limit` for answers still to be completed after their request
+    /// ([`Held::complete_after`]); called at shutdown once the records are written.
+    pub async fn finish_deferred(&self, limit: Duration) {
+        let mut set = match self.deferred.lock() {
+            Ok(mut s) => std::mem::take(&mut *s),
+            Err(_) => return,
+        };
+        if set.is_empty() {
+            return;
+        }
+        let left =
+            tokio::time::timeout(limit, async { while set.join_next().await.is_some() {} }).await;
+        if left.is_err() {
+            tracing::warn!(
+                keys = set.len(),
+                "idempotency keys left pending at shutdown: their retries wait until the keys go stale"
+            );
         }
     }
 
@@ -244,8 +302,7 @@ impl Idempotency {
 
     async fn begin_redis(&self, key: &str, fingerprint: &str) -> Result<Begin, IdemError> {
         let rkey = self.redis_key(key);
-        let mine = serde_json::to_string(&self.pending(fingerprint))
-            .map_err(|e| IdemError(e.to_string()))?;
+        let mine = self.pending_json(fingerprint)?;
         let mut set = redis::cmd("SET");
         set.arg(&rkey)
             .arg(&mine)
@@ -254,7 +311,7 @@ impl Idempotency {
             .arg(TTL.as_secs());
         let claimed: Option<String> = self.redis_query(set).await?;
         if claimed.is_some() {
-            return Ok(Begin::Fresh);
+            return Ok(Begin::Fresh(Claim(mine)));
         }
         let mut get = redis::cmd("GET");
         get.arg(&rkey);
@@ -269,12 +326,134 @@ impl Idempotency {
             cas.arg(CAS_LUA).arg(1).arg(&rkey).arg(&found).arg(&mine);
             let won: i64 = self.redis_query(cas).await?;
             return Ok(if won == 1 {
-                Begin::Fresh
+                Begin::Fresh(Claim(mine))
             } else {
                 Begin::InProgress
             });
         }
-        Ok(decision.into_begin())
+        match decision {
+            Decision::Answer(b) => Ok(b),
+            Decision::TakeOver => unreachable!("handled above"),
+        }
+    }
+}
+
+/// A claimed key in a request's hands. Dropped before it is completed or abandoned (the
+/// client went away mid-request), it releases the key, so that a retry is answered anew
+/// rather than told to wait until the claim goes stale.
+pub struct Held {
+    store: Arc<Idempotency>,
+    key: String,
+    claim: Claim,
+    settled: bool,
+}
+
+impl Held {
+    pub fn new(store: &Arc<Idempotency>, key: &str, claim: Claim) -> Self {
+        Self {
+            store: Arc::clone(store),
+            key: key.to_owned(),
+            claim,
+            settled: false,
+        }
+    }
+
+    /// Nothing left to release when dropped.
+    fn settle(&mut self) {
+        self.settled = true;
+    }
+
+    /// Remembers the request's answer.
+    pub async fn complete(mut self, status: u16, body: &str) -> Result<bool, IdemError> {
+        let r = self
+            .store
+            .complete(&self.key, &self.claim, status, body)
+            .await;
+        self.settle();
+        r
+    }
+
+    /// Releases the key: the request failed.
+    pub async fn abandon(mut self) -> Result<bool, IdemError> {
+        let r = self.store.abandon(&self.key, &self.claim).await;
+        self.settle();
+        r
+    }
+
+    /// Completes the key with this answer once `committed` returns (the answer's records are
+    /// queued but not yet written), keeping the claim alive meanwhile: until then a retry is
+    /// told to wait (409), afterwards it gets this answer, never other numbers. Returns at once.
+    pub fn complete_after(
+        mut self,
+        committed: impl Future<Output = ()> + Send + 'static,
+        status: u16,
+        body: String,
+    ) {
+        let store = Arc::clone(&self.store);
+        let task = async move {
+            tokio::pin!(committed);
+            loop {
+                if tokio::time::timeout(REFRESH_EVERY, committed.as_mut())
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                match self.store.refresh(&self.key, &mut self.claim).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.settle(); // taken over: nothing of ours to release
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not refresh an idempotency key"),
+                }
+            }
+            // Written: remember the answer, retrying while the keys' store is unreachable
+            // (for as long as the claim would last).
+            let deadline = tokio::time::Instant::now() + STALE_PENDING;
+            loop {
+                match self
+                    .store
+                    .complete(&self.key, &self.claim, status, &body)
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        tracing::warn!(error = %e, "could not remember an idempotency key; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not remember an idempotency key");
+                        break;
+                    }
+                }
+            }
+            self.settle();
+        };
+        if let Ok(mut set) = store.deferred.lock() {
+            while set.try_join_next().is_some() {}
+            set.spawn(task);
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (store, key, claim) = (
+                Arc::clone(&self.store),
+                std::mem::take(&mut self.key),
+                self.claim.clone(),
+            );
+            rt.spawn(async move {
+                if let Err(e) = store.abandon(&key, &claim).await {
+                    tracing::warn!(error = %e, "could not release an idempotency key");
+                }
+            });
+        }
     }
 }
 
@@ -282,15 +461,6 @@ impl Idempotency {
 enum Decision {
     Answer(Begin),
     TakeOver,
-}
-
-impl Decision {
-    fn into_begin(self) -> Begin {
-        match self {
-            Decision::Answer(b) => b,
-            Decision::TakeOver => Begin::Fresh,
-        }
-    }
 }
 
 /// What an existing entry means for a request with `fingerprint`. `owner` is this process for
@@ -320,7 +490,13 @@ fn embedded_err(e: impl std::fmt::Display) -> IdemError {
     IdemError(format!("redb: {e}"))
 }
 
-fn begin_embedded(db: &Database, key: &str, mine: Entry, owner: &str) -> Result<Begin, IdemError> {
+fn begin_embedded(
+    db: &Database,
+    key: &str,
+    fingerprint: &str,
+    mine: String,
+    owner: &str,
+) -> Result<Begin, IdemError> {
     let tx = db.begin_write().map_err(embedded_err)?;
     let begin = {
         let mut t = tx.open_table(IDEMPOTENCY).map_err(embedded_err)?;
@@ -329,34 +505,41 @@ fn begin_embedded(db: &Database, key: &str, mine: Entry, owner: &str) -> Result<
             .map_err(embedded_err)?
             .and_then(|v| serde_json::from_slice(v.value()).ok())
             .filter(|e: &Entry| now_ms().saturating_sub(e.at_ms) < TTL.as_millis() as u64);
-        let decision = match &existing {
-            None => Decision::TakeOver,
-            Some(e) => decide(e, &mine.fingerprint, Some(owner)),
-        };
-        if decision == Decision::TakeOver {
-            let v = serde_json::to_vec(&mine).map_err(embedded_err)?;
-            t.insert(key, v.as_slice()).map_err(embedded_err)?;
+        match existing.map(|e| decide(&e, fingerprint, Some(owner))) {
+            Some(Decision::Answer(b)) => b,
+            None | Some(Decision::TakeOver) => {
+                t.insert(key, mine.as_bytes()).map_err(embedded_err)?;
+                Begin::Fresh(Claim(mine))
+            }
         }
-        decision.into_begin()
     };
     tx.commit().map_err(embedded_err)?;
     Ok(begin)
 }
 
-fn put_embedded(db: &Database, key: &str, value: Option<&str>) -> Result<(), IdemError> {
+fn swap_embedded(
+    db: &Database,
+    key: &str,
+    expected: &str,
+    new: Option<&str>,
+) -> Result<bool, IdemError> {
     let tx = db.begin_write().map_err(embedded_err)?;
-    {
+    let swapped = {
         let mut t = tx.open_table(IDEMPOTENCY).map_err(embedded_err)?;
-        match value {
-            Some(v) => {
-                t.insert(key, v.as_bytes()).map_err(embedded_err)?;
-            }
-            None => {
-                t.remove(key).map_err(embedded_err)?;
+        let holds = t
+            .get(key)
+            .map_err(embedded_err)?
+            .is_some_and(|v| v.value() == expected.as_bytes());
+        if holds {
+            match new {
+                Some(v) => drop(t.insert(key, v.as_bytes()).map_err(embedded_err)?),
+                None => drop(t.remove(key).map_err(embedded_err)?),
             }
         }
-    }
-    tx.commit().map_err(embedded_err)
+        holds
+    };
+    tx.commit().map_err(embedded_err)?;
+    Ok(swapped)
 }
 
 /// Checks an `Idempotency-Key` header value: 1–255 visible ASCII characters.
@@ -414,5 +597,97 @@ mod tests {
         assert!(!valid_key("has space"));
         assert!(!valid_key(&"k".repeat(256)));
         assert!(!valid_key("ключ"));
+    }
+
+    fn embedded_store(dir: &std::path::Path) -> Arc<Idempotency> {
+        let db = Database::create(dir.join("keys.redb")).unwrap();
+        Arc::new(Idempotency::embedded(Arc::new(db)))
+    }
+
+    async fn begin(store: &Idempotency, key: &str) -> Begin {
+        store.begin(key, "fp", Duration::ZERO).await.unwrap()
+    }
+
+    fn claim(b: Begin) -> Claim {
+        match b {
+            Begin::Fresh(c) => c,
+            other => panic!("not fresh: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_claim_settles_its_key_only_while_it_still_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = embedded_store(dir.path());
+        let first = claim(begin(&store, "k").await);
+        assert_eq!(begin(&store, "k").await, Begin::InProgress);
+        // Refreshed: the old claim no longer settles the key, the new one does.
+        std::thread::sleep(Duration::from_millis(5));
+        let mut renewed = first.clone();
+        assert!(store.refresh("k", &mut renewed).await.unwrap());
+        assert_ne!(renewed, first);
+        assert!(!store.complete("k", &first, 201, "{}").await.unwrap());
+        assert!(!store.abandon("k", &first).await.unwrap());
+        assert!(
+            store
+                .complete("k", &renewed, 201, "{\"n\":1}")
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            begin(&store, "k").await,
+            Begin::Replay {
+                status: 201,
+                body: "{\"n\":1}".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_request_releases_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = embedded_store(dir.path());
+        let c = claim(begin(&store, "gone").await);
+        drop(Held::new(&store, "gone", c));
+        let start = std::time::Instant::now();
+        // Released by a task of its own.
+        while begin(&store, "gone").await == Begin::InProgress {
+            assert!(start.elapsed() < Duration::from_secs(5), "never released");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A settled one is not released.
+        let c = claim(begin(&store, "kept").await);
+        Held::new(&store, "kept", c)
+            .complete(201, "{}")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(matches!(begin(&store, "kept").await, Begin::Replay { .. }));
+    }
+
+    #[tokio::test]
+    async fn an_answer_completed_after_its_request_waits_for_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = embedded_store(dir.path());
+        let c = claim(begin(&store, "later").await);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        Held::new(&store, "later", c).complete_after(
+            async move {
+                let _ = rx.await;
+            },
+            201,
+            "{\"n\":2}".into(),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(begin(&store, "later").await, Begin::InProgress);
+        tx.send(()).unwrap();
+        store.finish_deferred(Duration::from_secs(5)).await;
+        assert_eq!(
+            begin(&store, "later").await,
+            Begin::Replay {
+                status: 201,
+                body: "{\"n\":2}".into()
+            }
+        );
     }
 }

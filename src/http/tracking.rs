@@ -5,7 +5,9 @@
 use super::query::Query;
 use super::response::{self, Body, push_rfc3339_micros, rfc3339_micros};
 use crate::app::AppState;
-use crate::idempotency::{self, Begin};
+use crate::idempotency::{self, Begin, Held};
+use crate::records::writer::{Commit, RecordError};
+use crate::tracking::Issued;
 use crate::tracking::number::TrackingNumber;
 use crate::tracking::order::{FieldErrors, Order};
 use bytes::Bytes;
@@ -248,11 +250,11 @@ async fn idempotent<P, F, Fut>(
 where
     P: FnOnce() -> String,
     F: FnOnce() -> Fut,
-    Fut: Future<Output = (StatusCode, Vec<u8>)>,
+    Fut: Future<Output = Answer>,
 {
     let Some(raw) = headers.get(&IDEMPOTENCY_KEY) else {
-        let (status, body) = answer().await;
-        return finish(status, body, state);
+        let a = answer().await;
+        return finish(a.status, a.body, state);
     };
     let key = match raw.to_str() {
         Ok(k) if idempotency::valid_key(k) => k,
@@ -294,19 +296,33 @@ where
                 .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
             r
         }
-        Ok(Begin::Fresh) => {
-            let (status, body) = answer().await;
-            let kept = if status == StatusCode::CREATED {
-                let text = String::from_utf8_lossy(&body);
-                store
-                    .complete(key, &fingerprint, status.as_u16(), &text)
-                    .await
-            } else {
-                store.abandon(key).await
+        Ok(Begin::Fresh(claim)) => {
+            // Released if this request is dropped before it settles the key.
+            let held = Held::new(store, key, claim);
+            let Answer {
+                status,
+                body,
+                later,
+            } = answer().await;
+            let kept = match later {
+                // Issued and queued, not yet recorded: the key gets the 201 once it is.
+                Some((commit, created)) => {
+                    let created = String::from_utf8_lossy(&created).into_owned();
+                    let code = StatusCode::CREATED.as_u16();
+                    held.complete_after(async move { commit.wait().await }, code, created);
+                    Ok(true)
+                }
+                None if status == StatusCode::CREATED => {
+                    held.complete(status.as_u16(), &String::from_utf8_lossy(&body))
+                        .await
+                }
+                None => held.abandon().await,
             };
-            if let Err(e) = kept {
+            match kept {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!("an idempotency key was taken over while answered"),
                 // The answer stands; a retry may then be answered anew.
-                tracing::error!(error = %e, "could not remember an idempotency key");
+                Err(e) => tracing::error!(error = %e, "could not remember an idempotency key"),
             }
             finish(status, body, state)
         }
@@ -324,16 +340,26 @@ fn finish(status: StatusCode, body: Vec<u8>, state: &AppState) -> Response<Body>
     r
 }
 
-fn unavailable_body(msg: &str) -> (StatusCode, Vec<u8>) {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        serde_json::to_vec(&serde_json::json!({ "detail": msg })).unwrap_or_default(),
-    )
+/// What issuing answered.
+struct Answer {
+    status: StatusCode,
+    body: Vec<u8>,
+    /// Numbers issued and queued whose records were not committed in time (durable mode): the
+    /// answer is a 503, and this is their commit and the 201 they have once it is written.
+    later: Option<(Commit, Vec<u8>)>,
+}
+
+fn unavailable_body(msg: &str) -> Answer {
+    Answer {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: serde_json::to_vec(&serde_json::json!({ "detail": msg })).unwrap_or_default(),
+        later: None,
+    }
 }
 
 /// Issues `count` numbers (or one, answered in the single-number shape), records them, and
-/// returns the 201 (or the 503) as status and body.
-async fn issue(state: &AppState, order: &Order, count: Option<u64>) -> (StatusCode, Vec<u8>) {
+/// answers the 201 (or a 503).
+async fn issue(state: &AppState, order: &Order, count: Option<u64>) -> Answer {
     let n = count.unwrap_or(1);
     let mut issued = Vec::with_capacity(n as usize);
     for _ in 0..n {
@@ -348,14 +374,45 @@ async fn issue(state: &AppState, order: &Order, count: Option<u64>) -> (StatusCo
             }
         }
     }
-    if let Some(recorder) = &state.recorder
-        && let Err(e) = recorder.record(order, &issued).await
-    {
-        tracing::warn!(error = %e, "numbers not recorded: not issued");
-        return unavailable_body(
-            "Issued numbers cannot be recorded right now: the record store is behind or unreachable. Retry later.",
-        );
+    let recorded = match &state.recorder {
+        Some(recorder) => recorder.record(order, &issued).await,
+        None => Ok(()),
+    };
+    let commit = match recorded {
+        Ok(()) => None,
+        Err(RecordError::NotCommitted { commit, .. }) => {
+            tracing::warn!("records queued but not committed in time: answered 503");
+            Some(commit)
+        }
+        Err(e) => {
+            // Not queued: the numbers are skipped, never reissued.
+            tracing::warn!(error = %e, "numbers not recorded: not issued");
+            return unavailable_body(
+                "Issued numbers cannot be recorded right now: the record store is behind or unreachable. Retry later.",
+            );
+        }
+    };
+    let created = created_body(order, &issued, count);
+    match commit {
+        None => Answer {
+            status: StatusCode::CREATED,
+            body: created,
+            later: None,
+        },
+        Some(commit) => Answer {
+            later: Some((commit, created)),
+            ..unavailable_body(
+                "The numbers issued for this request were not recorded in time: the record store is \
+                 behind or unreachable. They are recorded once it is back; a retry with the same \
+                 Idempotency-Key then answers them (409 until then), a retry without one gets new \
+                 numbers.",
+            )
+        },
     }
+}
+
+/// The 201 body for numbers issued for `order`.
+fn created_body(order: &Order, issued: &[Issued], count: Option<u64>) -> Vec<u8> {
     let mut uuid_buf = uuid::Uuid::encode_buffer();
     let customer_id = order.customer_id.hyphenated().encode_lower(&mut uuid_buf);
     let body = match count {
@@ -375,7 +432,7 @@ async fn issue(state: &AppState, order: &Order, count: Option<u64>) -> (StatusCo
             created_at: rfc3339_micros(issued[0].issued_at),
         }),
     };
-    (StatusCode::CREATED, body.unwrap_or_default())
+    body.unwrap_or_default()
 }
 
 #[cfg(test)]

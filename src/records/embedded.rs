@@ -6,7 +6,7 @@
 
 use super::journal::{self, Journal};
 use super::writer::BlockingSink;
-use super::{Batch, Entry, Record, RecordSink, SinkError, SinkFuture};
+use super::{Batch, Entry, Fields, Record, RecordSink, SinkError, SinkFuture};
 use crate::tracking::number::TrackingNumber;
 use crate::tracking::permute::Permutation;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -170,9 +170,17 @@ impl Index {
         }
         let tx = self.db.begin_read()?;
         let group = tx.open_table(RECORD_GROUPS)?.get(seq >> GROUP_BITS)?;
-        let grouped = group.and_then(|g| Batch::from_bytes(g.value().to_vec()));
-        if let Some(v) = grouped.as_ref().and_then(|b| b.find(seq)) {
-            return Ok(Some(v.to_vec()));
+        if let Some(g) = group {
+            let grouped = Batch::from_bytes(g.value().to_vec()).ok_or_else(|| {
+                // A server-side fault (answered 5xx), not an unknown number.
+                redb::Error::Corrupted(format!(
+                    "record group {} does not decode",
+                    seq >> GROUP_BITS
+                ))
+            })?;
+            if let Some(v) = grouped.find(seq) {
+                return Ok(Some(v.to_vec()));
+            }
         }
         let legacy = tx.open_table(RECORDS)?.get(seq)?;
         Ok(legacy.map(|v| v.value().to_vec()))
@@ -416,10 +424,16 @@ impl RecordSink for EmbeddedRecords {
         let seq = self.permutation.invert(number.code());
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                let value = index.find(seq).map_err(unavailable)?;
-                Ok(value
-                    .and_then(|v| Record::decode(seq, number, &v))
-                    .map(|r| r.to_json()))
+                let Some(value) = index.find(seq).map_err(unavailable)? else {
+                    return Ok(None);
+                };
+                if Fields::parse(&value).is_none() {
+                    return Err(unavailable(format!(
+                        "the stored record of {number} does not decode"
+                    )));
+                }
+                // Same sequence, other country codes: another number, never issued.
+                Ok(Record::decode(seq, number, &value).map(|r| r.to_json()))
             })
             .await
             .map_err(unavailable)?
@@ -573,5 +587,32 @@ mod tests {
         let all: Vec<Record> = written.into_iter().flat_map(|(_, r)| r).collect();
         assert!(store.index.unapplied().is_empty(), "replayed at open");
         assert_found(&store, &all).await;
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_stored_record_is_an_error_not_an_unknown_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = permutation();
+        let store = open(dir.path(), "a", 1 << 20);
+        let written = batches(&p, 1 << GROUP_BITS, 3, 3);
+        store.write_blocking(&written[0].0).unwrap();
+        store.close().await.unwrap();
+        let records = &written[0].1;
+        assert_found(&store, records).await;
+        // The same sequence under other country codes is another number: unknown.
+        let r = &records[0];
+        let other = TrackingNumber::new(r.number.destination(), r.number.origin(), r.number.code());
+        assert_eq!(store.lookup(&other).await.unwrap(), None);
+        // A group that does not decode is a fault of the store (5xx), not a 404.
+        {
+            let tx = store.index.db.begin_write().unwrap();
+            tx.open_table(RECORD_GROUPS)
+                .unwrap()
+                .insert(1u64, &b"\x01not a batch"[..])
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let err = store.lookup(&r.number).await.unwrap_err();
+        assert!(err.to_string().contains("does not decode"), "{err}");
     }
 }

@@ -189,12 +189,15 @@ impl RecordSink for PostgresRecords {
         number: &'a TrackingNumber,
     ) -> SinkFuture<'a, Option<serde_json::Value>> {
         Box::pin(async move {
-            let mut guard = self.reader.lock().await;
+            // One reader connection: a lookup waits its turn, but not forever.
+            let mut guard = tokio::time::timeout(self.timeout * 4, self.reader.lock())
+                .await
+                .map_err(|_| unavailable("lookup waited too long for the reader connection"))?;
             if guard.as_ref().is_none_or(|c| c.is_closed()) {
                 *guard = Some(self.connect().await?);
             }
             let client = guard.as_ref().expect("connected above");
-            let row = tokio::time::timeout(
+            let row = match tokio::time::timeout(
                 self.timeout * 4,
                 client.query_opt(
                     &format!("SELECT {COLUMNS} FROM tracking_numbers WHERE tracking_number = $1"),
@@ -202,8 +205,18 @@ impl RecordSink for PostgresRecords {
                 ),
             )
             .await
-            .map_err(|_| unavailable("lookup timed out"))?
-            .map_err(pg_error)?;
+            {
+                Ok(Ok(row)) => row,
+                failed => {
+                    // A connection that timed out or failed may be dead without TCP noticing:
+                    // the next lookup opens a new one.
+                    *guard = None;
+                    return Err(match failed {
+                        Ok(Err(e)) => pg_error(e),
+                        _ => unavailable("lookup timed out"),
+                    });
+                }
+            };
             Ok(row.map(|row| {
                 let weight: i32 = row.get(6);
                 Record {

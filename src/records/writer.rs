@@ -42,8 +42,14 @@ pub struct WriterConfig {
 pub enum RecordError {
     #[error("the record queue stayed full for {0:?}: the record store is behind or down")]
     QueueFull(Duration),
-    #[error("the record was not committed within {0:?}: {1}")]
-    NotCommitted(Duration, String),
+    /// Queued but not yet written: it will be (records are never dropped), and `commit`
+    /// tells when.
+    #[error("the record was not committed within {waited:?}: {reason}")]
+    NotCommitted {
+        waited: Duration,
+        reason: String,
+        commit: Commit,
+    },
     #[error("trackd is shutting down")]
     Closed,
 }
@@ -94,13 +100,45 @@ impl Done {
     }
 
     /// Waits until the batch is written, or `deadline`; false if the deadline came first.
-    async fn wait(&self, deadline: Instant) -> bool {
+    async fn wait(&self, deadline: Option<Instant>) -> bool {
         let notified = self.notify.notified();
         tokio::pin!(notified);
         // Registered before the check: a `set` between the two still wakes it.
         notified.as_mut().enable();
-        self.written.load(Ordering::Acquire)
-            || tokio::time::timeout_at(deadline, notified).await.is_ok()
+        if self.written.load(Ordering::Acquire) {
+            return true;
+        }
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d, notified).await.is_ok(),
+            None => {
+                notified.await;
+                true
+            }
+        }
+    }
+}
+
+/// The commit of a queued batch whose request stopped waiting for it: whoever answers for
+/// those records later (an idempotency key's completion) waits here.
+#[derive(Clone)]
+pub struct Commit(Arc<Done>);
+
+impl Commit {
+    /// Returns once the batch is written (records are retried until they are).
+    pub async fn wait(&self) {
+        self.0.wait(None).await;
+    }
+
+    pub fn is_written(&self) -> bool {
+        self.0.written.load(Ordering::Acquire)
+    }
+}
+
+impl std::fmt::Debug for Commit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commit")
+            .field("written", &self.is_written())
+            .finish()
     }
 }
 
@@ -226,12 +264,14 @@ impl Recorder {
         let deadline = deadline.unwrap_or_else(|| Instant::now() + cfg.wait_timeout);
         match done {
             None => Ok(()),
-            Some(done) if done.wait(deadline).await => Ok(()),
-            Some(_) => Err(RecordError::NotCommitted(
-                cfg.wait_timeout,
-                self.last_error()
+            Some(done) if done.wait(Some(deadline)).await => Ok(()),
+            Some(done) => Err(RecordError::NotCommitted {
+                waited: cfg.wait_timeout,
+                reason: self
+                    .last_error()
                     .unwrap_or_else(|| "the writer is behind".into()),
-            )),
+                commit: Commit(done),
+            }),
         }
     }
 
@@ -250,10 +290,12 @@ impl Recorder {
         let opened = q.push(order, issued, cfg.batch_max);
         let done = (cfg.mode == Mode::Durable)
             .then(|| Arc::clone(&q.batches.back().expect("just pushed").done));
-        drop(q);
+        // Counted before the lock is released: a writer can take the batch (and count it
+        // written) only after this, so the gauge never goes below zero.
         sh.stats
             .queued
             .fetch_add(issued.len() as u64, Ordering::Relaxed);
+        drop(q);
         if opened {
             sh.work.notify_one();
             sh.work_cv.notify_one();

@@ -684,3 +684,88 @@ async fn a_down_record_store_slows_issuance_to_503_and_loses_no_record() {
     wait_recorded(&url, &[again], Duration::from_secs(10)).await;
     app.stop().await;
 }
+
+/// A GET with an `Idempotency-Key`, answered as (status, JSON body, replayed?).
+async fn get_keyed(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    timeout: Option<Duration>,
+) -> Result<(u16, Value, bool), reqwest::Error> {
+    let mut req = client.get(url).header("Idempotency-Key", key);
+    if let Some(t) = timeout {
+        req = req.timeout(t);
+    }
+    let r = req.send().await?;
+    let status = r.status().as_u16();
+    let replayed = r.headers().contains_key("idempotent-replayed");
+    Ok((status, r.json().await?, replayed))
+}
+
+#[tokio::test]
+async fn durable_numbers_answered_503_before_their_commit_reach_their_idempotency_key() {
+    let Some(bin) = PrivatePostgres::bin_dir() else {
+        panic!("no PostgreSQL server binaries under /usr/lib/postgresql (.ci/run installs them)");
+    };
+    let pg = PrivatePostgres::start(bin);
+    let url = pg.url();
+    let app = spawn_app_with(|s| {
+        s.records.mode = "durable".into();
+        s.records.postgres_url = url.clone();
+        s.records.wait_timeout_ms = 300;
+    })
+    .await;
+    let first = app.issue().await;
+    wait_recorded(&url, std::slice::from_ref(&first), Duration::from_secs(10)).await;
+    let path = app.url(&format!("/api/next-tracking-number/?{ORDER_QUERY}"));
+    let client = reqwest::Client::new();
+
+    pg.stop();
+    // Issued and queued, not committed within 300 ms: a 503 that says what happens next.
+    let (status, body, _) = get_keyed(&client, &path, "label-1", None).await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("same Idempotency-Key"), "{detail}");
+    // Its retry waits for that commit instead of taking new numbers.
+    let (status, body, _) = get_keyed(&client, &path, "label-1", None).await.unwrap();
+    assert_eq!(status, 409, "{body}");
+
+    // A client that gives up mid-request releases its key: the retry is answered anew
+    // (here: issued, and again not committed in time), not told to wait for 30 s.
+    let gave_up = get_keyed(&client, &path, "label-2", Some(Duration::from_millis(100))).await;
+    assert!(gave_up.is_err(), "answered within 100 ms: {gave_up:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, body, _) = get_keyed(&client, &path, "label-2", None).await.unwrap();
+    assert_eq!(status, 503, "{body}");
+
+    // The store returns: the queued records are written, and each key answers the numbers
+    // issued for it, recorded, and no new ones.
+    pg.start_again();
+    let mut answers = Vec::new();
+    for key in ["label-1", "label-2"] {
+        let start = Instant::now();
+        let number = loop {
+            let (status, body, replayed) = get_keyed(&client, &path, key, None).await.unwrap();
+            match status {
+                201 => {
+                    assert!(replayed, "a new answer for {key}: {body}");
+                    break body["tracking_number"].as_str().unwrap().to_owned();
+                }
+                409 => assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "{key} still pending"
+                ),
+                s => panic!("{key}: {s} {body}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        answers.push(number);
+    }
+    wait_recorded(&url, &answers, Duration::from_secs(10)).await;
+    let recorded = recorded_numbers(&url).await.unwrap();
+    // The first number, label-1's, label-2's abandoned first try, and its answered retry.
+    assert_eq!(recorded.len(), 4, "{recorded:?}");
+    let again = get_keyed(&client, &path, "label-1", None).await.unwrap();
+    assert_eq!(again.1["tracking_number"], answers[0].as_str());
+    app.stop().await;
+}
