@@ -89,12 +89,29 @@ pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
     limits: Limits,
-    actors: Vec<(ractor::ActorCell, tokio::task::JoinHandle<()>)>,
+    actors: Actors,
+}
+
+/// The application's actors; stopped when dropped (an application built but never run must
+/// not leave the allocator holding its store).
+struct Actors(Vec<(ractor::ActorCell, tokio::task::JoinHandle<()>)>);
+
+impl Drop for Actors {
+    fn drop(&mut self) {
+        for (cell, _) in &self.0 {
+            cell.stop(None);
+        }
+    }
 }
 
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartError> {
         let metrics = crate::metrics::install();
+        // Bound first: a port in use fails the start before anything holds a file or a thread.
+        let addr = settings.listen_addr();
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
         let t = &settings.tracking;
         let (store, key): (Arc<dyn SequenceStore>, PermutationKey) = match t.sequence_store.as_str()
         {
@@ -119,23 +136,12 @@ impl Application {
                 (Arc::new(store), kept)
             }
         };
-        let sizing = BlockSizing {
-            min: t.block_min,
-            max: t.block_max,
-            target: ms(t.block_target_ms),
-        };
-        let (allocator, cell, handle) = Allocator::start(store, sizing)
-            .await
-            .map_err(|e| StartError::Actor(e.to_string()))?;
-        let tracking =
-            TrackingService::new(allocator, Permutation::new(&key), ms(t.wait_timeout_ms));
 
-        // The embedded redb file holds records and idempotency keys when nothing shared does.
         let r = &settings.records;
         // The embedded redb file holds records and idempotency keys when nothing shared does;
         // opened on first need.
         let mut db = None;
-        // (lookups, and writes) ; the embedded store is written by the recorder's own threads.
+        // The embedded record store is written by the recorder's own threads.
         let mut blocking: Option<Arc<dyn BlockingSink>> = None;
         let record_sink: Option<Arc<dyn RecordSink>> = if r.mode == "off" {
             None
@@ -149,7 +155,7 @@ impl Application {
             let embedded = Arc::new(
                 embedded_records::EmbeddedRecords::open(
                     embedded_db(&mut db, &settings.storage.data_dir)?,
-                    tracking.permutation().clone(),
+                    Permutation::new(&key),
                     &settings.storage.data_dir.join("records-journal"),
                     ms(r.flush_interval_ms),
                     if r.mode == "durable" {
@@ -163,31 +169,6 @@ impl Application {
             blocking = Some(embedded.clone());
             Some(embedded)
         };
-        let recorder = record_sink.as_ref().map(|sink| {
-            Arc::new(Recorder::start(
-                Arc::clone(sink),
-                blocking.clone(),
-                WriterConfig {
-                    mode: if r.mode == "durable" {
-                        Mode::Durable
-                    } else {
-                        Mode::Async
-                    },
-                    queue_capacity: r.queue_capacity,
-                    batch_max: r.batch_max,
-                    flush_interval: ms(r.flush_interval_ms),
-                    wait_timeout: ms(r.wait_timeout_ms),
-                    // Durable on PostgreSQL: overlapping commits (it groups their WAL flushes).
-                    // The journal gains nothing from overlapping writes (measured: 1, 2 and 4
-                    // writers), and async mode writes once per interval: one writer.
-                    writers: if r.mode == "durable" && blocking.is_none() {
-                        RECORD_WRITERS
-                    } else {
-                        1
-                    },
-                },
-            ))
-        });
         let idempotency = Arc::new(if t.sequence_store == "redis" {
             Idempotency::redis(
                 t.redis_urls(),
@@ -202,10 +183,47 @@ impl Application {
             .await
             .map_err(StartError::Policy)?;
 
-        let addr = settings.listen_addr();
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
+        // Threads and actors last, once nothing after them can fail the start.
+        let sizing = BlockSizing {
+            min: t.block_min,
+            max: t.block_max,
+            target: ms(t.block_target_ms),
+        };
+        let (allocator, cell, handle) = Allocator::start(store, sizing).await.map_err(|e| {
+            if let Some((cell, _)) = &policy_actor {
+                cell.stop(None);
+            }
+            StartError::Actor(e.to_string())
+        })?;
+        let tracking =
+            TrackingService::new(allocator, Permutation::new(&key), ms(t.wait_timeout_ms));
+        let recorder = record_sink.as_ref().map(|sink| {
+            Arc::new(Recorder::start(
+                Arc::clone(sink),
+                blocking.clone(),
+                WriterConfig {
+                    mode: if r.mode == "durable" {
+                        Mode::Durable
+                    } else {
+                        Mode::Async
+                    },
+                    queue_capacity: r.queue_capacity,
+                    batch_max: r.batch_max,
+                    flush_interval: ms(r.flush_interval_ms),
+                    wait_timeout: ms(r.wait_timeout_ms),
+                    shutdown_limit: ms(settings.server.shutdown_grace_ms),
+                    // Durable on PostgreSQL: overlapping commits (it groups their WAL flushes).
+                    // The journal gains nothing from overlapping writes (measured: 1, 2 and 4
+                    // writers), and async mode writes once per interval: one writer.
+                    writers: if r.mode == "durable" && blocking.is_none() {
+                        RECORD_WRITERS
+                    } else {
+                        1
+                    },
+                },
+            ))
+        });
+
         let s = &settings.server;
         let limits = Limits {
             max_connections: s.max_connections,
@@ -240,9 +258,11 @@ impl Application {
             listener,
             state,
             limits,
-            actors: std::iter::once((cell, handle))
-                .chain(policy_actor)
-                .collect(),
+            actors: Actors(
+                std::iter::once((cell, handle))
+                    .chain(policy_actor)
+                    .collect(),
+            ),
         })
     }
 
@@ -275,7 +295,8 @@ impl Application {
             .idempotency
             .finish_deferred(std::time::Duration::from_secs(5))
             .await;
-        for (cell, handle) in self.actors {
+        let mut actors = self.actors;
+        for (cell, handle) in std::mem::take(&mut actors.0) {
             cell.stop(None);
             let _ = handle.await;
         }

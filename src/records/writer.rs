@@ -35,6 +35,9 @@ pub struct WriterConfig {
     /// Writer tasks taking batches from the queue concurrently (durable mode: overlapping
     /// commits; async mode needs one).
     pub writers: usize,
+    /// How long shutdown keeps retrying writes the store refuses before it gives up on what
+    /// is still queued (and says how many records that is).
+    pub shutdown_limit: Duration,
 }
 
 /// Why a record could not be taken.
@@ -155,6 +158,8 @@ struct Shared {
     room: Notify,
     stats: WriterStats,
     last_error: Mutex<Option<String>>,
+    /// Set when shutdown's limit passed: writers stop retrying failed writes.
+    give_up: AtomicBool,
 }
 
 /// A store whose writes are blocking calls (the embedded journal): written by threads of the
@@ -191,6 +196,7 @@ impl Recorder {
             room: Notify::new(),
             stats: WriterStats::default(),
             last_error: Mutex::new(None),
+            give_up: AtomicBool::new(false),
         });
         let writers = (0..shared.cfg.writers.max(1))
             .map(|i| {
@@ -304,7 +310,8 @@ impl Recorder {
     }
 
     /// Stops taking records, writes everything queued, waits for the writers, and closes the
-    /// store.
+    /// store. A store that keeps failing is retried for `shutdown_limit`; then what is still
+    /// unwritten is given up, and logged as such.
     pub async fn shutdown(&self) {
         if let Ok(mut q) = self.shared.queue.lock() {
             q.closed = true;
@@ -320,15 +327,47 @@ impl Recorder {
         if writers.is_empty() {
             return; // already shut down
         }
-        for w in writers {
-            match w {
-                Writer::Task(h) => drop(h.await),
-                Writer::Thread(h) => drop(tokio::task::spawn_blocking(move || h.join()).await),
+        let joined = async {
+            for w in writers {
+                match w {
+                    Writer::Task(h) => drop(h.await),
+                    Writer::Thread(h) => drop(tokio::task::spawn_blocking(move || h.join()).await),
+                }
+            }
+        };
+        tokio::pin!(joined);
+        let limit = self.shared.cfg.shutdown_limit;
+        if tokio::time::timeout(limit, joined.as_mut()).await.is_err() {
+            self.shared.give_up.store(true, Ordering::Release);
+            // A writer between attempts sleeps at most a second; one inside an attempt is
+            // bounded by the store's own timeouts.
+            let stopped = tokio::time::timeout(Duration::from_secs(5), joined).await;
+            let lost = self.shared.stats.queued.load(Ordering::Relaxed);
+            tracing::error!(
+                records = lost,
+                error = self.last_error().unwrap_or_default(),
+                "records not written at shutdown: the record store refused them for {limit:?}; \
+                 their numbers are never reissued"
+            );
+            if stopped.is_err() {
+                return; // a writer is still inside a write: leave the store open to it
             }
         }
         if let Err(e) = self.sink.close().await {
             tracing::warn!(error = %e, "closing the record store failed");
         }
+    }
+}
+
+/// A recorder dropped without [`Recorder::shutdown`] (an application that failed to start, or
+/// was never run) still lets its writers write what is queued and end, releasing the store.
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Ok(mut q) = self.shared.queue.lock() {
+            q.closed = true;
+        }
+        self.shared.work.notify_waiters();
+        self.shared.work_cv.notify_all();
     }
 }
 
@@ -397,7 +436,10 @@ async fn write_loop(sh: Arc<Shared>, sink: Arc<dyn RecordSink>) {
                 let result = sink.write(Arc::clone(&batch), failures > 0).await;
                 crate::metrics::record_batch_write(sh.store, started.elapsed());
                 let Err(e) = result else { break };
-                tokio::time::sleep(sh.failed(&e, &batch, &mut failures)).await;
+                let Some(pause) = sh.failed(&e, &batch, &mut failures) else {
+                    return;
+                };
+                tokio::time::sleep(pause).await;
             }
             sh.written(&batch, failures);
             done.set();
@@ -441,7 +483,10 @@ fn write_thread(sh: Arc<Shared>, sink: Arc<dyn BlockingSink>) {
                 let result = sink.write_blocking(&batch);
                 crate::metrics::record_batch_write(sh.store, started.elapsed());
                 let Err(e) = result else { break };
-                std::thread::sleep(sh.failed(&e, &batch, &mut failures));
+                let Some(pause) = sh.failed(&e, &batch, &mut failures) else {
+                    return;
+                };
+                std::thread::sleep(pause);
             }
             sh.written(&batch, failures);
             done.set();
@@ -450,15 +495,22 @@ fn write_thread(sh: Arc<Shared>, sink: Arc<dyn BlockingSink>) {
 }
 
 impl Shared {
-    /// Notes a failed write; returns how long to wait before the retry.
-    fn failed(&self, e: &SinkError, batch: &Batch, failures: &mut u32) -> Duration {
+    /// Notes a failed write; returns how long to wait before the retry, or `None` once
+    /// shutdown gave up retrying.
+    fn failed(&self, e: &SinkError, batch: &Batch, failures: &mut u32) -> Option<Duration> {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
         tracing::error!(error = %e, records = batch.len(), "writing records failed; retrying");
         if let Ok(mut g) = self.last_error.lock() {
             *g = Some(e.to_string());
         }
         *failures += 1;
-        (Duration::from_millis(50) * 2u32.saturating_pow(*failures - 1)).min(Duration::from_secs(1))
+        if self.give_up.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(
+            (Duration::from_millis(50) * 2u32.saturating_pow(*failures - 1))
+                .min(Duration::from_secs(1)),
+        )
     }
 
     /// Counts a written batch.

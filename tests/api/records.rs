@@ -769,3 +769,75 @@ async fn durable_numbers_answered_503_before_their_commit_reach_their_idempotenc
     assert_eq!(again.1["tracking_number"], answers[0].as_str());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_gives_up_on_a_record_store_that_stays_down() {
+    let Some(bin) = PrivatePostgres::bin_dir() else {
+        panic!("no PostgreSQL server binaries under /usr/lib/postgresql (.ci/run installs them)");
+    };
+    let pg = PrivatePostgres::start(bin);
+    let url = pg.url();
+    let app = spawn_app_with(|s| {
+        s.records.mode = "async".into();
+        s.records.postgres_url = url.clone();
+        s.server.shutdown_grace_ms = 1000;
+    })
+    .await;
+    let first = app.issue().await;
+    wait_recorded(&url, std::slice::from_ref(&first), Duration::from_secs(10)).await;
+    pg.stop();
+    for _ in 0..5 {
+        app.issue().await; // async: answered at once, written later (here: never)
+    }
+    // Retried for the grace period, then given up (and logged): SIGTERM never hangs on it.
+    let t = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), app.stop())
+        .await
+        .expect("shutdown waited on a record store that is down");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_start_that_fails_leaves_the_data_directory_free_for_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = crate::helpers::test_settings(dir.path());
+    s.records.mode = "durable".into();
+    // An application built and dropped unrun: its record writer ends and lets go of the files.
+    let app = trackd::app::Application::build(&s).await.unwrap();
+    drop(app);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    s.server.listen = taken.local_addr().unwrap().to_string();
+    let failed = build_when_free(&s).await.map(|_| ()).unwrap_err();
+    assert!(
+        matches!(failed, trackd::app::StartError::Bind { .. }),
+        "{failed}"
+    );
+    assert!(failed.to_string().contains("cannot listen"), "{failed}");
+    // The port in use failed the start before it opened anything: the next one starts.
+    s.server.listen = "127.0.0.1:0".into();
+    let app = build_when_free(&s).await.unwrap();
+    drop(app);
+}
+
+/// Builds the application, retrying while the stores of a dropped one are still being let go
+/// (its actor and writer threads end asynchronously).
+async fn build_when_free(
+    s: &trackd::config::Settings,
+) -> Result<trackd::app::Application, trackd::app::StartError> {
+    let start = Instant::now();
+    loop {
+        match trackd::app::Application::build(s).await {
+            Err(e @ (trackd::app::StartError::Store(_) | trackd::app::StartError::Database(_)))
+                if start.elapsed() < Duration::from_secs(5) =>
+            {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
