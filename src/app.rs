@@ -211,7 +211,6 @@ impl Application {
                     batch_max: r.batch_max,
                     flush_interval: ms(r.flush_interval_ms),
                     wait_timeout: ms(r.wait_timeout_ms),
-                    shutdown_limit: ms(settings.server.shutdown_grace_ms),
                     // Durable on PostgreSQL: overlapping commits (it groups their WAL flushes).
                     // The journal gains nothing from overlapping writes (measured: 1, 2 and 4
                     // writers), and async mode writes once per interval: one writer.
@@ -280,20 +279,36 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
         tracing::info!("listening on http://{}", self.local_addr());
         let upkeep = crate::metrics::spawn_upkeep(self.state.metrics.clone());
+        // One deadline from the signal on, for the drain and the records behind it.
+        let grace = self.limits.shutdown_grace;
+        let stop_by = Arc::new(std::sync::OnceLock::new());
+        let signalled = {
+            let stop_by = Arc::clone(&stop_by);
+            async move {
+                shutdown.await;
+                let _ = stop_by.set(tokio::time::Instant::now() + grace);
+            }
+        };
         server::serve(
             self.listener,
             Arc::clone(&self.state),
             self.limits,
-            shutdown,
+            signalled,
         )
         .await;
+        let deadline = stop_by
+            .get()
+            .copied()
+            .unwrap_or_else(|| tokio::time::Instant::now() + grace);
         if let Some(recorder) = &self.state.recorder {
-            recorder.shutdown().await;
+            recorder.shutdown(deadline).await;
         }
-        // Their records are written now: keys answered 503 while waiting get their 201.
+        // Their records are written now (or given up): keys answered 503 while they waited
+        // get their 201 (or are released).
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.state
             .idempotency
-            .finish_deferred(std::time::Duration::from_secs(5))
+            .finish_deferred(left.max(std::time::Duration::from_millis(200)))
             .await;
         let mut actors = self.actors;
         for (cell, handle) in std::mem::take(&mut actors.0) {

@@ -30,12 +30,23 @@ struct Entry {
     body: Option<String>,
     /// The process that holds a pending key (a restarted embedded instance takes its own over).
     owner: String,
+    /// Random, one per claim, kept across refreshes: whoever holds it may settle the key
+    /// (absent in entries of trackd before 0.1.1).
+    #[serde(default)]
+    claim: String,
 }
 
-/// A pending key as this request claimed it: completing, refreshing or releasing it succeeds
-/// only while the key still holds exactly this (nobody took it over meanwhile).
+/// A pending key as this request claimed it: refreshing, completing or releasing it succeeds
+/// only while the key is still pending under this claim (nobody took it over meanwhile).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Claim(String);
+pub struct Claim(Entry);
+
+impl Claim {
+    /// The claim's pending entry, as stored.
+    fn json(&self) -> Result<String, IdemError> {
+        serde_json::to_string(&self.0).map_err(|e| IdemError(e.to_string()))
+    }
+}
 
 /// What to do with a request carrying a key.
 #[derive(Debug, PartialEq)]
@@ -79,23 +90,38 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn process_id() -> String {
+/// 16 random hex digits.
+fn random_id() -> String {
     let mut b = [0u8; 8];
     let _ = getrandom::fill(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Replaces a key's value (or, given "", deletes it) only if it still holds exactly ARGV[1].
-const CAS_LUA: &str = r"
+/// Takes over a stale pending key only if it still holds exactly what was read (ARGV[1]).
+const TAKE_OVER_LUA: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  if ARGV[2] == '' then
-    redis.call('DEL', KEYS[1])
-  else
-    redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-  end
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
   return 1
 end
 return 0
+";
+
+/// A claim holder's write: replaces the key's value with ARGV[2] (or, given '', deletes it)
+/// if the key is still pending under claim ARGV[1]. Writing the value the key already holds
+/// succeeds too (a retried completion whose first reply was lost).
+const SETTLE_LUA: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+if v == ARGV[2] then return 1 end
+local ok, e = pcall(cjson.decode, v)
+if not ok or type(e) ~= 'table' or (e.claim or '') ~= ARGV[1] then return 0 end
+if e.status ~= nil and e.status ~= cjson.null then return 0 end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+end
+return 1
 ";
 
 impl Idempotency {
@@ -108,7 +134,7 @@ impl Idempotency {
                 timeout,
                 conn: tokio::sync::Mutex::new(None),
             },
-            owner: process_id(),
+            owner: random_id(),
             deferred: Default::default(),
         }
     }
@@ -116,7 +142,7 @@ impl Idempotency {
     pub fn embedded(db: Arc<Database>) -> Self {
         Self {
             backend: Backend::Embedded(db),
-            owner: process_id(),
+            owner: random_id(),
             deferred: Default::default(),
         }
     }
@@ -128,18 +154,16 @@ impl Idempotency {
         }
     }
 
-    fn pending(&self, fingerprint: &str) -> Entry {
-        Entry {
+    /// A new claim on a key for a request with `fingerprint`.
+    fn claim(&self, fingerprint: &str) -> Claim {
+        Claim(Entry {
             fingerprint: fingerprint.to_owned(),
             at_ms: now_ms(),
             status: None,
             body: None,
             owner: self.owner.clone(),
-        }
-    }
-
-    fn pending_json(&self, fingerprint: &str) -> Result<String, IdemError> {
-        serde_json::to_string(&self.pending(fingerprint)).map_err(|e| IdemError(e.to_string()))
+            claim: random_id(),
+        })
     }
 
     /// Decides what a request with `key` and these parameters gets; a `Fresh` answer claims the
@@ -159,7 +183,7 @@ impl Idempotency {
                     let (key, fingerprint, mine, owner) = (
                         key.to_owned(),
                         fingerprint.to_owned(),
-                        self.pending_json(fingerprint)?,
+                        self.claim(fingerprint),
                         self.owner.clone(),
                     );
                     tokio::task::spawn_blocking(move || {
@@ -185,51 +209,57 @@ impl Idempotency {
         status: u16,
         body: &str,
     ) -> Result<bool, IdemError> {
-        let entry: Entry = serde_json::from_str(&claim.0).map_err(|e| IdemError(e.to_string()))?;
         let done = Entry {
             status: Some(status),
             body: Some(body.to_owned()),
-            at_ms: now_ms(),
-            ..entry
+            ..claim.0.clone()
         };
         let value = serde_json::to_string(&done).map_err(|e| IdemError(e.to_string()))?;
-        self.swap(key, claim, Some(value)).await
+        self.settle(key, claim, Some(value)).await
     }
 
     /// Releases a `Fresh` key whose request failed (a 503) or was given up, so that a retry
     /// is answered anew; false if the claim was already lost.
     pub async fn abandon(&self, key: &str, claim: &Claim) -> Result<bool, IdemError> {
-        self.swap(key, claim, None).await
+        self.settle(key, claim, None).await
     }
 
     /// Marks a claimed key alive again (its answer is still coming), so that it is not taken
     /// over as stale; false if the claim was lost.
     pub async fn refresh(&self, key: &str, claim: &mut Claim) -> Result<bool, IdemError> {
-        let entry: Entry = serde_json::from_str(&claim.0).map_err(|e| IdemError(e.to_string()))?;
-        let value = self.pending_json(&entry.fingerprint)?;
-        let kept = self.swap(key, claim, Some(value.clone())).await?;
+        let renewed = Claim(Entry {
+            at_ms: now_ms(),
+            ..claim.0.clone()
+        });
+        let kept = self.settle(key, claim, Some(renewed.json()?)).await?;
         if kept {
-            *claim = Claim(value);
+            *claim = renewed;
         }
         Ok(kept)
     }
 
-    /// Replaces the key's value with `new` (or removes it) if it still holds `claim`.
-    async fn swap(&self, key: &str, claim: &Claim, new: Option<String>) -> Result<bool, IdemError> {
+    /// Replaces the key's value with `new` (or removes it) if it is still pending under
+    /// `claim` (or already holds `new`).
+    async fn settle(
+        &self,
+        key: &str,
+        claim: &Claim,
+        new: Option<String>,
+    ) -> Result<bool, IdemError> {
         match &self.backend {
             Backend::Redis { .. } => {
-                let mut cas = redis::cmd("EVAL");
-                cas.arg(CAS_LUA)
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(SETTLE_LUA)
                     .arg(1)
                     .arg(self.redis_key(key))
-                    .arg(&claim.0)
+                    .arg(&claim.0.claim)
                     .arg(new.unwrap_or_default());
-                Ok(self.redis_query::<i64>(cas).await? == 1)
+                Ok(self.redis_query::<i64>(cmd).await? == 1)
             }
             Backend::Embedded(db) => {
-                let (db, key, claim) = (Arc::clone(db), key.to_owned(), claim.0.clone());
+                let (db, key, token) = (Arc::clone(db), key.to_owned(), claim.0.claim.clone());
                 tokio::task::spawn_blocking(move || {
-                    swap_embedded(&db, &key, &claim, new.as_deref())
+                    settle_embedded(&db, &key, &token, new.as_deref())
                 })
                 .await
                 .map_err(|e| IdemError(e.to_string()))?
@@ -302,7 +332,8 @@ impl Idempotency {
 
     async fn begin_redis(&self, key: &str, fingerprint: &str) -> Result<Begin, IdemError> {
         let rkey = self.redis_key(key);
-        let mine = self.pending_json(fingerprint)?;
+        let claim = self.claim(fingerprint);
+        let mine = claim.json()?;
         let mut set = redis::cmd("SET");
         set.arg(&rkey)
             .arg(&mine)
@@ -311,7 +342,7 @@ impl Idempotency {
             .arg(TTL.as_secs());
         let claimed: Option<String> = self.redis_query(set).await?;
         if claimed.is_some() {
-            return Ok(Begin::Fresh(Claim(mine)));
+            return Ok(Begin::Fresh(claim));
         }
         let mut get = redis::cmd("GET");
         get.arg(&rkey);
@@ -323,10 +354,14 @@ impl Idempotency {
         let decision = decide(&entry, fingerprint, None);
         if decision == Decision::TakeOver {
             let mut cas = redis::cmd("EVAL");
-            cas.arg(CAS_LUA).arg(1).arg(&rkey).arg(&found).arg(&mine);
+            cas.arg(TAKE_OVER_LUA)
+                .arg(1)
+                .arg(&rkey)
+                .arg(&found)
+                .arg(&mine);
             let won: i64 = self.redis_query(cas).await?;
             return Ok(if won == 1 {
-                Begin::Fresh(Claim(mine))
+                Begin::Fresh(claim)
             } else {
                 Begin::InProgress
             });
@@ -338,13 +373,51 @@ impl Idempotency {
     }
 }
 
-/// A claimed key in a request's hands. Dropped before it is completed or abandoned (the
-/// client went away mid-request), it releases the key, so that a retry is answered anew
-/// rather than told to wait until the claim goes stale.
+/// The answer a key will have once its records are committed: set by a request whose numbers
+/// are issued and queued (durable mode) before it waits for the commit.
+struct Promised {
+    /// Resolves once the records are written (true) or given up at shutdown (false).
+    committed: std::pin::Pin<Box<dyn Future<Output = bool> + Send>>,
+    status: u16,
+    body: String,
+}
+
+/// Where a request leaves its [`Promised`] answer for its [`Held`] key.
+#[derive(Clone, Default)]
+pub struct Promise(Arc<std::sync::Mutex<Option<Promised>>>);
+
+impl Promise {
+    /// From now on the key is owed this answer once `committed` resolves to true, whatever
+    /// becomes of the request (it may time out, or its client go away).
+    pub fn set(
+        &self,
+        committed: impl Future<Output = bool> + Send + 'static,
+        status: u16,
+        body: String,
+    ) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = Some(Promised {
+                committed: Box::pin(committed),
+                status,
+                body,
+            });
+        }
+    }
+
+    fn take(&self) -> Option<Promised> {
+        self.0.lock().ok().and_then(|mut p| p.take())
+    }
+}
+
+/// A claimed key in a request's hands, settled by [`Held::settle`]. Dropped unsettled (the
+/// client went away mid-request), it still settles the key: with the promised answer once its
+/// records are committed if there is one, else by releasing it so that a retry is answered
+/// anew rather than told to wait until the claim goes stale.
 pub struct Held {
     store: Arc<Idempotency>,
     key: String,
     claim: Claim,
+    promise: Promise,
     settled: bool,
 }
 
@@ -354,86 +427,39 @@ impl Held {
             store: Arc::clone(store),
             key: key.to_owned(),
             claim,
+            promise: Promise::default(),
             settled: false,
         }
     }
 
-    /// Nothing left to release when dropped.
-    fn settle(&mut self) {
-        self.settled = true;
+    /// Where the request leaves an answer owed once its records are committed.
+    pub fn promise(&self) -> Promise {
+        self.promise.clone()
     }
 
-    /// Remembers the request's answer.
-    pub async fn complete(mut self, status: u16, body: &str) -> Result<bool, IdemError> {
-        let r = self
-            .store
-            .complete(&self.key, &self.claim, status, body)
-            .await;
-        self.settle();
-        r
-    }
-
-    /// Releases the key: the request failed.
-    pub async fn abandon(mut self) -> Result<bool, IdemError> {
-        let r = self.store.abandon(&self.key, &self.claim).await;
-        self.settle();
-        r
-    }
-
-    /// Completes the key with this answer once `committed` returns (the answer's records are
-    /// queued but not yet written), keeping the claim alive meanwhile: until then a retry is
-    /// told to wait (409), afterwards it gets this answer, never other numbers. Returns at once.
-    pub fn complete_after(
-        mut self,
-        committed: impl Future<Output = ()> + Send + 'static,
-        status: u16,
-        body: String,
-    ) {
-        let store = Arc::clone(&self.store);
-        let task = async move {
-            tokio::pin!(committed);
-            loop {
-                if tokio::time::timeout(REFRESH_EVERY, committed.as_mut())
-                    .await
-                    .is_ok()
-                {
-                    break;
-                }
-                match self.store.refresh(&self.key, &mut self.claim).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        self.settle(); // taken over: nothing of ours to release
-                        return;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "could not refresh an idempotency key"),
-                }
-            }
-            // Written: remember the answer, retrying while the keys' store is unreachable
-            // (for as long as the claim would last).
-            let deadline = tokio::time::Instant::now() + STALE_PENDING;
-            loop {
-                match self
-                    .store
-                    .complete(&self.key, &self.claim, status, &body)
-                    .await
-                {
-                    Ok(_) => break,
-                    Err(e) if tokio::time::Instant::now() < deadline => {
-                        tracing::warn!(error = %e, "could not remember an idempotency key; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not remember an idempotency key");
-                        break;
-                    }
-                }
-            }
-            self.settle();
+    /// Settles the key after the request's answer: a 201 is remembered; any other answer
+    /// releases the key, unless an answer was promised (numbers issued, their records queued
+    /// but not committed in time), which the key then gets once they are (see
+    /// [`Held::complete_after`]). False if the claim was lost meanwhile.
+    pub async fn settle(mut self, status: u16, body: &str) -> Result<bool, IdemError> {
+        let r = if status == 201 {
+            self.store
+                .complete(&self.key, &self.claim, status, body)
+                .await
+        } else if let Some(p) = self.promise.take() {
+            self.settled = true;
+            let (store, key, claim) = (
+                Arc::clone(&self.store),
+                std::mem::take(&mut self.key),
+                self.claim.clone(),
+            );
+            store.complete_after(key, claim, p);
+            return Ok(true);
+        } else {
+            self.store.abandon(&self.key, &self.claim).await
         };
-        if let Ok(mut set) = store.deferred.lock() {
-            while set.try_join_next().is_some() {}
-            set.spawn(task);
-        }
+        self.settled = true;
+        r
     }
 }
 
@@ -442,17 +468,82 @@ impl Drop for Held {
         if self.settled {
             return;
         }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (store, key, claim) = (
-                Arc::clone(&self.store),
-                std::mem::take(&mut self.key),
-                self.claim.clone(),
-            );
-            rt.spawn(async move {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime left: the claim goes stale and is taken over after 30 s
+        };
+        let (store, key, claim) = (
+            Arc::clone(&self.store),
+            std::mem::take(&mut self.key),
+            self.claim.clone(),
+        );
+        match self.promise.take() {
+            Some(p) => store.complete_after(key, claim, p),
+            None => drop(rt.spawn(async move {
                 if let Err(e) = store.abandon(&key, &claim).await {
                     tracing::warn!(error = %e, "could not release an idempotency key");
                 }
-            });
+            })),
+        }
+    }
+}
+
+impl Idempotency {
+    /// Completes `key` with the promised answer once its records are committed, keeping the
+    /// claim alive meanwhile (refreshed at once, then every [`REFRESH_EVERY`]): until then a
+    /// retry is told to wait (409), afterwards it gets this answer, never other numbers. If
+    /// the records are given up (shutdown), the key is released. Returns at once.
+    fn complete_after(self: Arc<Self>, key: String, mut claim: Claim, promised: Promised) {
+        let store = Arc::clone(&self);
+        let task = async move {
+            let Promised {
+                mut committed,
+                status,
+                body,
+            } = promised;
+            let written = loop {
+                match store.refresh(&key, &mut claim).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            "an idempotency key was settled or taken over while its answer waited for its records"
+                        );
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not refresh an idempotency key"),
+                }
+                if let Ok(written) = tokio::time::timeout(REFRESH_EVERY, committed.as_mut()).await {
+                    break written;
+                }
+            };
+            // Remember the answer (or release the key), retrying while the keys' store is
+            // unreachable, for as long as the claim would last.
+            let deadline = tokio::time::Instant::now() + STALE_PENDING;
+            loop {
+                let r = if written {
+                    store.complete(&key, &claim, status, &body).await
+                } else {
+                    store.abandon(&key, &claim).await
+                };
+                match r {
+                    Ok(true) => break,
+                    Ok(false) => {
+                        tracing::error!("an idempotency key was taken over before its answer");
+                        break;
+                    }
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        tracing::warn!(error = %e, "could not settle an idempotency key; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not settle an idempotency key");
+                        break;
+                    }
+                }
+            }
+        };
+        if let Ok(mut set) = self.deferred.lock() {
+            while set.try_join_next().is_some() {}
+            set.spawn(task);
         }
     }
 }
@@ -494,7 +585,7 @@ fn begin_embedded(
     db: &Database,
     key: &str,
     fingerprint: &str,
-    mine: String,
+    mine: Claim,
     owner: &str,
 ) -> Result<Begin, IdemError> {
     let tx = db.begin_write().map_err(embedded_err)?;
@@ -508,8 +599,9 @@ fn begin_embedded(
         match existing.map(|e| decide(&e, fingerprint, Some(owner))) {
             Some(Decision::Answer(b)) => b,
             None | Some(Decision::TakeOver) => {
-                t.insert(key, mine.as_bytes()).map_err(embedded_err)?;
-                Begin::Fresh(Claim(mine))
+                t.insert(key, mine.json()?.as_bytes())
+                    .map_err(embedded_err)?;
+                Begin::Fresh(mine)
             }
         }
     };
@@ -517,29 +609,37 @@ fn begin_embedded(
     Ok(begin)
 }
 
-fn swap_embedded(
+/// [`SETTLE_LUA`] on the embedded store.
+fn settle_embedded(
     db: &Database,
     key: &str,
-    expected: &str,
+    token: &str,
     new: Option<&str>,
 ) -> Result<bool, IdemError> {
     let tx = db.begin_write().map_err(embedded_err)?;
-    let swapped = {
+    let settled = {
         let mut t = tx.open_table(IDEMPOTENCY).map_err(embedded_err)?;
-        let holds = t
-            .get(key)
-            .map_err(embedded_err)?
-            .is_some_and(|v| v.value() == expected.as_bytes());
-        if holds {
+        let (already, ours) = match t.get(key).map_err(embedded_err)? {
+            None => (false, false),
+            Some(v) => {
+                let v = v.value();
+                let entry = serde_json::from_slice::<Entry>(v).ok();
+                (
+                    new.is_some_and(|n| n.as_bytes() == v),
+                    entry.is_some_and(|e| e.claim == token && e.status.is_none()),
+                )
+            }
+        };
+        if ours {
             match new {
                 Some(v) => drop(t.insert(key, v.as_bytes()).map_err(embedded_err)?),
                 None => drop(t.remove(key).map_err(embedded_err)?),
             }
         }
-        holds
+        already || ours
     };
     tx.commit().map_err(embedded_err)?;
-    Ok(swapped)
+    Ok(settled)
 }
 
 /// Checks an `Idempotency-Key` header value: 1–255 visible ASCII characters.
@@ -558,6 +658,7 @@ mod tests {
             status: done.then_some(201),
             body: done.then(|| "{}".into()),
             owner: owner.into(),
+            claim: "c".into(),
         }
     }
 
@@ -616,24 +717,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_claim_settles_its_key_only_while_it_still_holds_it() {
+    async fn a_claim_settles_its_key_only_while_it_is_pending_under_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = embedded_store(dir.path());
         let first = claim(begin(&store, "k").await);
         assert_eq!(begin(&store, "k").await, Begin::InProgress);
-        // Refreshed: the old claim no longer settles the key, the new one does.
+        // Another claim (as after a takeover elsewhere) cannot settle it.
+        let other = store.claim("fp");
+        assert!(!store.complete("k", &other, 201, "{}").await.unwrap());
+        assert!(!store.abandon("k", &other).await.unwrap());
+        // Refreshed: a newer time under the same claim; a refresh whose reply was lost leaves
+        // the holder with the older copy, which still settles it.
         std::thread::sleep(Duration::from_millis(5));
         let mut renewed = first.clone();
         assert!(store.refresh("k", &mut renewed).await.unwrap());
         assert_ne!(renewed, first);
-        assert!(!store.complete("k", &first, 201, "{}").await.unwrap());
+        assert!(store.complete("k", &first, 201, "{\"n\":1}").await.unwrap());
+        // Settled: a repeat of the same completion succeeds, anything else does not.
+        assert!(store.complete("k", &first, 201, "{\"n\":1}").await.unwrap());
+        assert!(!store.complete("k", &first, 201, "{\"n\":2}").await.unwrap());
         assert!(!store.abandon("k", &first).await.unwrap());
-        assert!(
-            store
-                .complete("k", &renewed, 201, "{\"n\":1}")
-                .await
-                .unwrap()
-        );
+        assert!(!store.refresh("k", &mut renewed).await.unwrap());
         assert_eq!(
             begin(&store, "k").await,
             Begin::Replay {
@@ -643,51 +747,82 @@ mod tests {
         );
     }
 
+    /// Waits until `key` can be claimed anew (released), or panics.
+    async fn until_released(store: &Idempotency, key: &str) {
+        let start = std::time::Instant::now();
+        while begin(store, key).await == Begin::InProgress {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{key} never released"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     #[tokio::test]
-    async fn a_dropped_request_releases_its_key() {
+    async fn a_dropped_request_releases_its_key_unless_an_answer_was_promised() {
         let dir = tempfile::tempdir().unwrap();
         let store = embedded_store(dir.path());
         let c = claim(begin(&store, "gone").await);
         drop(Held::new(&store, "gone", c));
-        let start = std::time::Instant::now();
-        // Released by a task of its own.
-        while begin(&store, "gone").await == Begin::InProgress {
-            assert!(start.elapsed() < Duration::from_secs(5), "never released");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        // A settled one is not released.
+        until_released(&store, "gone").await;
+        // A settled one stays settled.
         let c = claim(begin(&store, "kept").await);
         Held::new(&store, "kept", c)
-            .complete(201, "{}")
+            .settle(201, "{}")
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(matches!(begin(&store, "kept").await, Begin::Replay { .. }));
-    }
-
-    #[tokio::test]
-    async fn an_answer_completed_after_its_request_waits_for_the_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = embedded_store(dir.path());
-        let c = claim(begin(&store, "later").await);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        Held::new(&store, "later", c).complete_after(
-            async move {
-                let _ = rx.await;
-            },
+        // Numbers queued before the client went away: the key waits for their commit and
+        // answers them.
+        let c = claim(begin(&store, "owed").await);
+        let held = Held::new(&store, "owed", c);
+        let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
+        held.promise().set(
+            async move { rx.await.unwrap_or(false) },
             201,
             "{\"n\":2}".into(),
         );
+        drop(held);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(begin(&store, "later").await, Begin::InProgress);
-        tx.send(()).unwrap();
+        assert_eq!(begin(&store, "owed").await, Begin::InProgress);
+        tx.send(true).unwrap();
         store.finish_deferred(Duration::from_secs(5)).await;
         assert_eq!(
-            begin(&store, "later").await,
+            begin(&store, "owed").await,
             Begin::Replay {
                 status: 201,
                 body: "{\"n\":2}".into()
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_promised_answer_follows_a_503_and_records_given_up_release_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = embedded_store(dir.path());
+        for (key, written) in [("later", true), ("given-up", false)] {
+            let c = claim(begin(&store, key).await);
+            let held = Held::new(&store, key, c);
+            let (tx, rx) = tokio::sync::oneshot::channel::<bool>();
+            held.promise().set(
+                async move { rx.await.unwrap_or(false) },
+                201,
+                "{\"n\":3}".into(),
+            );
+            assert!(held.settle(503, "{}").await.unwrap());
+            assert_eq!(begin(&store, key).await, Begin::InProgress, "{key}");
+            tx.send(written).unwrap();
+            store.finish_deferred(Duration::from_secs(5)).await;
+            if written {
+                assert!(matches!(
+                    begin(&store, key).await,
+                    Begin::Replay { status: 201, .. }
+                ));
+            } else {
+                until_released(&store, key).await;
+            }
+        }
     }
 }

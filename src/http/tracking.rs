@@ -5,8 +5,7 @@
 use super::query::Query;
 use super::response::{self, Body, push_rfc3339_micros, rfc3339_micros};
 use crate::app::AppState;
-use crate::idempotency::{self, Begin, Held};
-use crate::records::writer::{Commit, RecordError};
+use crate::idempotency::{self, Begin, Held, Promise};
 use crate::tracking::Issued;
 use crate::tracking::number::TrackingNumber;
 use crate::tracking::order::{FieldErrors, Order};
@@ -74,7 +73,7 @@ pub async fn next_tracking_number(
         headers,
         state,
         || fingerprint("GET", &order, None),
-        || issue(state, &order, None),
+        |promise| issue(state, &order, None, promise),
     )
     .await
 }
@@ -103,7 +102,7 @@ pub async fn issue_batch(body: Incoming, headers: &HeaderMap, state: &AppState) 
         headers,
         state,
         || fingerprint("POST", &order, Some(count)),
-        || issue(state, &order, Some(count)),
+        |promise| issue(state, &order, Some(count), promise),
     )
     .await
 }
@@ -249,12 +248,12 @@ async fn idempotent<P, F, Fut>(
 ) -> Response<Body>
 where
     P: FnOnce() -> String,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Answer>,
+    F: FnOnce(Option<Promise>) -> Fut,
+    Fut: Future<Output = (StatusCode, Vec<u8>)>,
 {
     let Some(raw) = headers.get(&IDEMPOTENCY_KEY) else {
-        let a = answer().await;
-        return finish(a.status, a.body, state);
+        let (status, body) = answer(None).await;
+        return finish(status, body, state);
     };
     let key = match raw.to_str() {
         Ok(k) if idempotency::valid_key(k) => k,
@@ -297,28 +296,13 @@ where
             r
         }
         Ok(Begin::Fresh(claim)) => {
-            // Released if this request is dropped before it settles the key.
+            // Settled even if this request is dropped before it answers (see `Held`).
             let held = Held::new(store, key, claim);
-            let Answer {
-                status,
-                body,
-                later,
-            } = answer().await;
-            let kept = match later {
-                // Issued and queued, not yet recorded: the key gets the 201 once it is.
-                Some((commit, created)) => {
-                    let created = String::from_utf8_lossy(&created).into_owned();
-                    let code = StatusCode::CREATED.as_u16();
-                    held.complete_after(async move { commit.wait().await }, code, created);
-                    Ok(true)
-                }
-                None if status == StatusCode::CREATED => {
-                    held.complete(status.as_u16(), &String::from_utf8_lossy(&body))
-                        .await
-                }
-                None => held.abandon().await,
-            };
-            match kept {
+            let (status, body) = answer(Some(held.promise())).await;
+            match held
+                .settle(status.as_u16(), &String::from_utf8_lossy(&body))
+                .await
+            {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!("an idempotency key was taken over while answered"),
                 // The answer stands; a retry may then be answered anew.
@@ -340,26 +324,22 @@ fn finish(status: StatusCode, body: Vec<u8>, state: &AppState) -> Response<Body>
     r
 }
 
-/// What issuing answered.
-struct Answer {
-    status: StatusCode,
-    body: Vec<u8>,
-    /// Numbers issued and queued whose records were not committed in time (durable mode): the
-    /// answer is a 503, and this is their commit and the 201 they have once it is written.
-    later: Option<(Commit, Vec<u8>)>,
-}
-
-fn unavailable_body(msg: &str) -> Answer {
-    Answer {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        body: serde_json::to_vec(&serde_json::json!({ "detail": msg })).unwrap_or_default(),
-        later: None,
-    }
+fn unavailable_body(msg: &str) -> (StatusCode, Vec<u8>) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::to_vec(&serde_json::json!({ "detail": msg })).unwrap_or_default(),
+    )
 }
 
 /// Issues `count` numbers (or one, answered in the single-number shape), records them, and
-/// answers the 201 (or a 503).
-async fn issue(state: &AppState, order: &Order, count: Option<u64>) -> Answer {
+/// answers the 201 (or a 503). With an idempotency key's `promise`, numbers whose records are
+/// queued are owed to the key from then on, whether or not the commit comes in time.
+async fn issue(
+    state: &AppState,
+    order: &Order,
+    count: Option<u64>,
+    promise: Option<Promise>,
+) -> (StatusCode, Vec<u8>) {
     let n = count.unwrap_or(1);
     let mut issued = Vec::with_capacity(n as usize);
     for _ in 0..n {
@@ -374,16 +354,11 @@ async fn issue(state: &AppState, order: &Order, count: Option<u64>) -> Answer {
             }
         }
     }
-    let recorded = match &state.recorder {
-        Some(recorder) => recorder.record(order, &issued).await,
-        None => Ok(()),
+    let Some(recorder) = &state.recorder else {
+        return (StatusCode::CREATED, created_body(order, &issued, count));
     };
-    let commit = match recorded {
-        Ok(()) => None,
-        Err(RecordError::NotCommitted { commit, .. }) => {
-            tracing::warn!("records queued but not committed in time: answered 503");
-            Some(commit)
-        }
+    let commit = match recorder.enqueue(order, &issued).await {
+        Ok(commit) => commit,
         Err(e) => {
             // Not queued: the numbers are skipped, never reissued.
             tracing::warn!(error = %e, "numbers not recorded: not issued");
@@ -393,21 +368,29 @@ async fn issue(state: &AppState, order: &Order, count: Option<u64>) -> Answer {
         }
     };
     let created = created_body(order, &issued, count);
-    match commit {
-        None => Answer {
-            status: StatusCode::CREATED,
-            body: created,
-            later: None,
-        },
-        Some(commit) => Answer {
-            later: Some((commit, created)),
-            ..unavailable_body(
+    let Some(commit) = commit else {
+        return (StatusCode::CREATED, created); // async: queued is as good as answered
+    };
+    if let Some(promise) = promise {
+        let c = commit.clone();
+        let text = String::from_utf8_lossy(&created).into_owned();
+        promise.set(
+            async move { c.wait().await },
+            StatusCode::CREATED.as_u16(),
+            text,
+        );
+    }
+    match recorder.committed(commit).await {
+        Ok(()) => (StatusCode::CREATED, created),
+        Err(e) => {
+            tracing::warn!(error = %e, "records queued but not committed in time: answered 503");
+            unavailable_body(
                 "The numbers issued for this request were not recorded in time: the record store is \
                  behind or unreachable. They are recorded once it is back; a retry with the same \
                  Idempotency-Key then answers them (409 until then), a retry without one gets new \
                  numbers.",
             )
-        },
+        }
     }
 }
 

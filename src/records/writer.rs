@@ -35,9 +35,6 @@ pub struct WriterConfig {
     /// Writer tasks taking batches from the queue concurrently (durable mode: overlapping
     /// commits; async mode needs one).
     pub writers: usize,
-    /// How long shutdown keeps retrying writes the store refuses before it gives up on what
-    /// is still queued (and says how many records that is).
-    pub shutdown_limit: Duration,
 }
 
 /// Why a record could not be taken.
@@ -45,14 +42,10 @@ pub struct WriterConfig {
 pub enum RecordError {
     #[error("the record queue stayed full for {0:?}: the record store is behind or down")]
     QueueFull(Duration),
-    /// Queued but not yet written: it will be (records are never dropped), and `commit`
+    /// Queued but not yet written: it will be (records are never dropped); its [`Commit`]
     /// tells when.
-    #[error("the record was not committed within {waited:?}: {reason}")]
-    NotCommitted {
-        waited: Duration,
-        reason: String,
-        commit: Commit,
-    },
+    #[error("the record was not committed within {0:?}: {1}")]
+    NotCommitted(Duration, String),
     #[error("trackd is shutting down")]
     Closed,
 }
@@ -88,11 +81,13 @@ enum Pushed {
     Queued(Option<Arc<Done>>),
 }
 
-/// Set once a batch is written; wakes only the requests in that batch (a commit wakes the
-/// ~10 requests it concerns, not every request waiting for a later one).
+/// Set once a batch is written (or, at shutdown, given up); wakes only the requests in that
+/// batch (a commit wakes the ~10 requests it concerns, not every request waiting for a later
+/// one).
 #[derive(Default)]
 struct Done {
     written: AtomicBool,
+    given_up: AtomicBool,
     notify: Notify,
 }
 
@@ -102,46 +97,46 @@ impl Done {
         self.notify.notify_waiters();
     }
 
-    /// Waits until the batch is written, or `deadline`; false if the deadline came first.
+    fn give_up(&self) {
+        self.given_up.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    fn settled(&self) -> bool {
+        self.written.load(Ordering::Acquire) || self.given_up.load(Ordering::Acquire)
+    }
+
+    /// Waits until the batch is written or given up, or `deadline`; whether it was written.
     async fn wait(&self, deadline: Option<Instant>) -> bool {
         let notified = self.notify.notified();
         tokio::pin!(notified);
         // Registered before the check: a `set` between the two still wakes it.
         notified.as_mut().enable();
-        if self.written.load(Ordering::Acquire) {
-            return true;
-        }
-        match deadline {
-            Some(d) => tokio::time::timeout_at(d, notified).await.is_ok(),
-            None => {
-                notified.await;
-                true
+        if !self.settled() {
+            match deadline {
+                Some(d) => drop(tokio::time::timeout_at(d, notified).await),
+                None => notified.await,
             }
         }
+        self.written.load(Ordering::Acquire)
     }
 }
 
-/// The commit of a queued batch whose request stopped waiting for it: whoever answers for
-/// those records later (an idempotency key's completion) waits here.
+/// The commit of a queued batch (durable mode): the request waits for it, and so does whoever
+/// answers for those records after the request stopped waiting (an idempotency key's
+/// completion).
 #[derive(Clone)]
-pub struct Commit(Arc<Done>);
+pub struct Commit {
+    done: Arc<Done>,
+    /// Until when the request waits.
+    deadline: Instant,
+}
 
 impl Commit {
-    /// Returns once the batch is written (records are retried until they are).
-    pub async fn wait(&self) {
-        self.0.wait(None).await;
-    }
-
-    pub fn is_written(&self) -> bool {
-        self.0.written.load(Ordering::Acquire)
-    }
-}
-
-impl std::fmt::Debug for Commit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Commit")
-            .field("written", &self.is_written())
-            .finish()
+    /// Returns once the batch is written (true), or given up at shutdown (false): a failing
+    /// store is otherwise retried until the batch is written.
+    pub async fn wait(&self) -> bool {
+        self.done.wait(None).await
     }
 }
 
@@ -247,6 +242,19 @@ impl Recorder {
     /// Queues the records of `issued` numbers for `order`; in durable mode, returns once they
     /// are committed.
     pub async fn record(&self, order: &Order, issued: &[Issued]) -> Result<(), RecordError> {
+        match self.enqueue(order, issued).await? {
+            Some(commit) => self.committed(commit).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Queues the records (waiting for room in the queue, up to `wait_timeout`); in durable
+    /// mode, returns the commit to wait for with [`Recorder::committed`].
+    pub async fn enqueue(
+        &self,
+        order: &Order,
+        issued: &[Issued],
+    ) -> Result<Option<Commit>, RecordError> {
         let sh = &*self.shared;
         let cfg = &sh.cfg;
         let mut deadline = None;
@@ -267,18 +275,23 @@ impl Recorder {
                 return Err(RecordError::QueueFull(cfg.wait_timeout));
             }
         };
-        let deadline = deadline.unwrap_or_else(|| Instant::now() + cfg.wait_timeout);
-        match done {
-            None => Ok(()),
-            Some(done) if done.wait(Some(deadline)).await => Ok(()),
-            Some(done) => Err(RecordError::NotCommitted {
-                waited: cfg.wait_timeout,
-                reason: self
-                    .last_error()
-                    .unwrap_or_else(|| "the writer is behind".into()),
-                commit: Commit(done),
-            }),
+        Ok(done.map(|done| Commit {
+            done,
+            deadline: deadline.unwrap_or_else(|| Instant::now() + cfg.wait_timeout),
+        }))
+    }
+
+    /// Waits for a commit until the request's deadline (one `wait_timeout` from its first
+    /// wait); `NotCommitted` after it: the records stay queued and are written later.
+    pub async fn committed(&self, commit: Commit) -> Result<(), RecordError> {
+        if commit.done.wait(Some(commit.deadline)).await {
+            return Ok(());
         }
+        Err(RecordError::NotCommitted(
+            self.shared.cfg.wait_timeout,
+            self.last_error()
+                .unwrap_or_else(|| "the writer is behind".into()),
+        ))
     }
 
     /// Appends the records to the open batch if the queue has room.
@@ -310,9 +323,9 @@ impl Recorder {
     }
 
     /// Stops taking records, writes everything queued, waits for the writers, and closes the
-    /// store. A store that keeps failing is retried for `shutdown_limit`; then what is still
-    /// unwritten is given up, and logged as such.
-    pub async fn shutdown(&self) {
+    /// store. A store that keeps failing is retried until `deadline`; then what is still
+    /// unwritten is given up (its commits answer so), and logged as such.
+    pub async fn shutdown(&self, deadline: Instant) {
         if let Ok(mut q) = self.shared.queue.lock() {
             q.closed = true;
         }
@@ -336,18 +349,25 @@ impl Recorder {
             }
         };
         tokio::pin!(joined);
-        let limit = self.shared.cfg.shutdown_limit;
-        if tokio::time::timeout(limit, joined.as_mut()).await.is_err() {
+        if tokio::time::timeout_at(deadline, joined.as_mut())
+            .await
+            .is_err()
+        {
             self.shared.give_up.store(true, Ordering::Release);
-            // A writer between attempts sleeps at most a second; one inside an attempt is
-            // bounded by the store's own timeouts.
-            let stopped = tokio::time::timeout(Duration::from_secs(5), joined).await;
+            // A writer between attempts sleeps at most a second, then stops; one inside an
+            // attempt is bounded by the store's own timeouts (not waited for).
+            let stopped = tokio::time::timeout(Duration::from_secs(1), joined).await;
+            if let Ok(mut q) = self.shared.queue.lock() {
+                for p in q.batches.drain(..) {
+                    p.done.give_up();
+                }
+            }
             let lost = self.shared.stats.queued.load(Ordering::Relaxed);
             tracing::error!(
                 records = lost,
                 error = self.last_error().unwrap_or_default(),
-                "records not written at shutdown: the record store refused them for {limit:?}; \
-                 their numbers are never reissued"
+                "records not written at shutdown: the record store refused them until the \
+                 shutdown deadline; their numbers are never reissued"
             );
             if stopped.is_err() {
                 return; // a writer is still inside a write: leave the store open to it
@@ -428,7 +448,8 @@ async fn write_loop(sh: Arc<Shared>, sink: Arc<dyn RecordSink>) {
             Err(_) => return,
         };
         sh.room.notify_waiters();
-        for Pending { batch, done } in taken {
+        let mut taken = taken.into_iter();
+        while let Some(Pending { batch, done }) = taken.next() {
             let batch = Arc::new(batch);
             let mut failures = 0;
             loop {
@@ -437,6 +458,9 @@ async fn write_loop(sh: Arc<Shared>, sink: Arc<dyn RecordSink>) {
                 crate::metrics::record_batch_write(sh.store, started.elapsed());
                 let Err(e) = result else { break };
                 let Some(pause) = sh.failed(&e, &batch, &mut failures) else {
+                    std::iter::once(done)
+                        .chain(taken.map(|p| p.done))
+                        .for_each(|d| d.give_up());
                     return;
                 };
                 tokio::time::sleep(pause).await;
@@ -475,7 +499,8 @@ fn write_thread(sh: Arc<Shared>, sink: Arc<dyn BlockingSink>) {
             q.take(gather)
         };
         sh.room.notify_waiters();
-        for Pending { batch, done } in taken {
+        let mut taken = taken.into_iter();
+        while let Some(Pending { batch, done }) = taken.next() {
             let batch = Arc::new(batch);
             let mut failures = 0;
             loop {
@@ -484,6 +509,9 @@ fn write_thread(sh: Arc<Shared>, sink: Arc<dyn BlockingSink>) {
                 crate::metrics::record_batch_write(sh.store, started.elapsed());
                 let Err(e) = result else { break };
                 let Some(pause) = sh.failed(&e, &batch, &mut failures) else {
+                    std::iter::once(done)
+                        .chain(taken.map(|p| p.done))
+                        .for_each(|d| d.give_up());
                     return;
                 };
                 std::thread::sleep(pause);
