@@ -423,15 +423,6 @@ impl Settings {
                 e.push(format!("{key}: must be greater than 0"));
             }
         }
-        // A request with an Idempotency-Key settles its key within these two waits; a key
-        // pending for 30 s counts as abandoned and may be taken over.
-        if self.tracking.wait_timeout_ms + r.wait_timeout_ms > 20_000 {
-            e.push(
-                "records.wait_timeout_ms: with tracking.wait_timeout_ms at most 20000 in all \
-                 (a pending Idempotency-Key counts as abandoned after 30 s)"
-                    .into(),
-            );
-        }
         if self.storage.data_dir.as_os_str().is_empty() {
             e.push("storage.data_dir: must not be empty".into());
         }
@@ -616,7 +607,6 @@ mod tests {
                 ("TRACKD_TRACKING__BLOCK_MAX", "5"),
                 ("TRACKD_TRACKING__PERMUTATION_KEY", "secret-but-bad"),
                 ("TRACKD_LOG__FORMAT", "xml"),
-                ("TRACKD_RECORDS__WAIT_TIMEOUT_MS", "19500"),
             ]),
             &Overrides::default(),
         )
@@ -627,7 +617,6 @@ mod tests {
             "tracking.block_max",
             "tracking.permutation_key",
             "log.format",
-            "records.wait_timeout_ms",
         ] {
             assert!(text.contains(key), "{key} missing in {text}");
         }

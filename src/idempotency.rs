@@ -90,11 +90,22 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// 16 random hex digits.
+/// 16 random hex digits (should the OS refuse randomness: the clock, the process id and a
+/// counter, still unique in practice).
 fn random_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let id = match getrandom::fill(&mut b) {
+        Ok(()) => u64::from_le_bytes(b),
+        Err(_) => {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            nanos ^ (u64::from(std::process::id()) << 40) ^ n.rotate_left(20)
+        }
+    };
+    format!("{id:016x}")
 }
 
 /// Takes over a stale pending key only if it still holds exactly what was read (ARGV[1]).
@@ -107,11 +118,14 @@ return 0
 ";
 
 /// A claim holder's write: replaces the key's value with ARGV[2] (or, given '', deletes it)
-/// if the key is still pending under claim ARGV[1]. Writing the value the key already holds
-/// succeeds too (a retried completion whose first reply was lost).
+/// if the key is still pending under claim ARGV[1]. Writing the value the key already holds,
+/// or deleting a key that is gone, succeeds too (a retry whose first reply was lost).
 const SETTLE_LUA: &str = r"
 local v = redis.call('GET', KEYS[1])
-if not v then return 0 end
+if not v then
+  if ARGV[2] == '' then return 1 end
+  return 0
+end
 if v == ARGV[2] then return 1 end
 local ok, e = pcall(cjson.decode, v)
 if not ok or type(e) ~= 'table' or (e.claim or '') ~= ARGV[1] then return 0 end
@@ -437,15 +451,50 @@ impl Held {
         self.promise.clone()
     }
 
+    /// Runs `answer` (the request's), marking the key alive every [`REFRESH_EVERY`] meanwhile:
+    /// however long it takes (a label run of 1,000 numbers over several block refills), the
+    /// key is not taken over as stale while its request still runs.
+    pub async fn answering<T>(&self, answer: impl Future<Output = T>) -> T {
+        self.answering_every(answer, REFRESH_EVERY).await
+    }
+
+    async fn answering_every<T>(&self, answer: impl Future<Output = T>, every: Duration) -> T {
+        tokio::pin!(answer);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                out = &mut answer => return out,
+                _ = tick.tick() => {
+                    // Settling goes by the claim's token: the refreshed copy is not needed.
+                    let mut claim = self.claim.clone();
+                    match self.store.refresh(&self.key, &mut claim).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!("an idempotency key was taken over while answered"),
+                        Err(e) => tracing::warn!(error = %e, "could not refresh an idempotency key"),
+                    }
+                }
+            }
+        }
+    }
+
     /// Settles the key after the request's answer: a 201 is remembered; any other answer
     /// releases the key, unless an answer was promised (numbers issued, their records queued
     /// but not committed in time), which the key then gets once they are (see
     /// [`Held::complete_after`]). False if the claim was lost meanwhile.
     pub async fn settle(mut self, status: u16, body: &str) -> Result<bool, IdemError> {
         let r = if status == 201 {
-            self.store
+            let r = self
+                .store
                 .complete(&self.key, &self.claim, status, body)
-                .await
+                .await;
+            if let Err(e) = &r {
+                // The client gets this 201: the key must not go stale and be answered anew.
+                tracing::warn!(error = %e, "could not remember an idempotency key; retrying in the background");
+                self.promise
+                    .set(std::future::ready(true), status, body.to_owned());
+                return Ok(true); // settled by the drop, from the promise
+            }
+            r
         } else if let Some(p) = self.promise.take() {
             self.settled = true;
             let (store, key, claim) = (
@@ -620,7 +669,7 @@ fn settle_embedded(
     let settled = {
         let mut t = tx.open_table(IDEMPOTENCY).map_err(embedded_err)?;
         let (already, ours) = match t.get(key).map_err(embedded_err)? {
-            None => (false, false),
+            None => (new.is_none(), false),
             Some(v) => {
                 let v = v.value();
                 let entry = serde_json::from_slice::<Entry>(v).ok();
@@ -650,6 +699,7 @@ pub fn valid_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::ReadableDatabase;
 
     fn entry(fp: &str, done: bool, age_ms: u64, owner: &str) -> Entry {
         Entry {
@@ -824,5 +874,38 @@ mod tests {
                 until_released(&store, key).await;
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_key_is_kept_alive_while_its_request_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = embedded_store(dir.path());
+        let c = claim(begin(&store, "slow").await);
+        let first = c.0.at_ms;
+        let Backend::Embedded(db) = &store.backend else {
+            unreachable!()
+        };
+        let stored_at = || {
+            let tx = db.begin_read().unwrap();
+            let t = tx.open_table(IDEMPOTENCY).unwrap();
+            let v = t.get("slow").unwrap().unwrap();
+            serde_json::from_slice::<Entry>(v.value()).unwrap().at_ms
+        };
+        let held = Held::new(&store, "slow", c);
+        let out = held
+            .answering_every(
+                tokio::time::sleep(Duration::from_millis(300)),
+                Duration::from_millis(50),
+            )
+            .await;
+        let _: () = out;
+        assert!(
+            stored_at() >= first + 200,
+            "not refreshed: {} vs {first}",
+            stored_at()
+        );
+        // Still settled by the original claim.
+        assert!(held.settle(201, "{}").await.unwrap());
+        assert!(matches!(begin(&store, "slow").await, Begin::Replay { .. }));
     }
 }

@@ -298,7 +298,7 @@ where
         Ok(Begin::Fresh(claim)) => {
             // Settled even if this request is dropped before it answers (see `Held`).
             let held = Held::new(store, key, claim);
-            let (status, body) = answer(Some(held.promise())).await;
+            let (status, body) = held.answering(answer(Some(held.promise()))).await;
             match held
                 .settle(status.as_u16(), &String::from_utf8_lossy(&body))
                 .await
@@ -386,9 +386,9 @@ async fn issue(
             tracing::warn!(error = %e, "records queued but not committed in time: answered 503");
             unavailable_body(
                 "The numbers issued for this request were not recorded in time: the record store is \
-                 behind or unreachable. They are recorded once it is back; a retry with the same \
-                 Idempotency-Key then answers them (409 until then), a retry without one gets new \
-                 numbers.",
+                 behind or unreachable. They are recorded once it is back (unless trackd stops first); \
+                 a retry with the same Idempotency-Key then answers them (409 until then), a retry \
+                 without one gets new numbers.",
             )
         }
     }

@@ -73,6 +73,16 @@ struct Pending {
     done: Arc<Done>,
 }
 
+/// A batch dropped unwritten (given up at shutdown, or its writer gone) tells its waiters so:
+/// nobody waits forever for a commit that cannot come.
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done.written.load(Ordering::Acquire) {
+            self.done.give_up();
+        }
+    }
+}
+
 /// What [`Recorder::try_push`] did with a request's records.
 enum Pushed {
     /// No room: the queue holds `queue_capacity` records.
@@ -349,6 +359,7 @@ impl Recorder {
             }
         };
         tokio::pin!(joined);
+        let mut stopped = true;
         if tokio::time::timeout_at(deadline, joined.as_mut())
             .await
             .is_err()
@@ -356,22 +367,26 @@ impl Recorder {
             self.shared.give_up.store(true, Ordering::Release);
             // A writer between attempts sleeps at most a second, then stops; one inside an
             // attempt is bounded by the store's own timeouts (not waited for).
-            let stopped = tokio::time::timeout(Duration::from_secs(1), joined).await;
-            if let Ok(mut q) = self.shared.queue.lock() {
-                for p in q.batches.drain(..) {
-                    p.done.give_up();
-                }
-            }
-            let lost = self.shared.stats.queued.load(Ordering::Relaxed);
+            stopped = tokio::time::timeout(Duration::from_secs(1), joined)
+                .await
+                .is_ok();
+        }
+        // Whatever is still queued now will not be written (given up, or its writers are
+        // gone): dropping it tells its waiters.
+        if let Ok(mut q) = self.shared.queue.lock() {
+            q.batches.clear();
+        }
+        let lost = self.shared.stats.queued.load(Ordering::Relaxed);
+        if lost > 0 {
             tracing::error!(
                 records = lost,
                 error = self.last_error().unwrap_or_default(),
                 "records not written at shutdown: the record store refused them until the \
                  shutdown deadline; their numbers are never reissued"
             );
-            if stopped.is_err() {
-                return; // a writer is still inside a write: leave the store open to it
-            }
+        }
+        if !stopped {
+            return; // a writer is still inside a write: leave the store open to it
         }
         if let Err(e) = self.sink.close().await {
             tracing::warn!(error = %e, "closing the record store failed");
@@ -448,9 +463,9 @@ async fn write_loop(sh: Arc<Shared>, sink: Arc<dyn RecordSink>) {
             Err(_) => return,
         };
         sh.room.notify_waiters();
-        let mut taken = taken.into_iter();
-        while let Some(Pending { batch, done }) = taken.next() {
-            let batch = Arc::new(batch);
+        // On giving up, returning drops this batch and the rest of `taken`: given up too.
+        for mut p in taken {
+            let batch = Arc::new(std::mem::take(&mut p.batch));
             let mut failures = 0;
             loop {
                 let started = std::time::Instant::now();
@@ -458,15 +473,12 @@ async fn write_loop(sh: Arc<Shared>, sink: Arc<dyn RecordSink>) {
                 crate::metrics::record_batch_write(sh.store, started.elapsed());
                 let Err(e) = result else { break };
                 let Some(pause) = sh.failed(&e, &batch, &mut failures) else {
-                    std::iter::once(done)
-                        .chain(taken.map(|p| p.done))
-                        .for_each(|d| d.give_up());
                     return;
                 };
                 tokio::time::sleep(pause).await;
             }
             sh.written(&batch, failures);
-            done.set();
+            p.done.set();
         }
     }
 }
@@ -499,9 +511,9 @@ fn write_thread(sh: Arc<Shared>, sink: Arc<dyn BlockingSink>) {
             q.take(gather)
         };
         sh.room.notify_waiters();
-        let mut taken = taken.into_iter();
-        while let Some(Pending { batch, done }) = taken.next() {
-            let batch = Arc::new(batch);
+        // On giving up, returning drops this batch and the rest of `taken`: given up too.
+        for mut p in taken {
+            let batch = Arc::new(std::mem::take(&mut p.batch));
             let mut failures = 0;
             loop {
                 let started = std::time::Instant::now();
@@ -509,15 +521,12 @@ fn write_thread(sh: Arc<Shared>, sink: Arc<dyn BlockingSink>) {
                 crate::metrics::record_batch_write(sh.store, started.elapsed());
                 let Err(e) = result else { break };
                 let Some(pause) = sh.failed(&e, &batch, &mut failures) else {
-                    std::iter::once(done)
-                        .chain(taken.map(|p| p.done))
-                        .for_each(|d| d.give_up());
                     return;
                 };
                 std::thread::sleep(pause);
             }
             sh.written(&batch, failures);
-            done.set();
+            p.done.set();
         }
     }
 }
@@ -552,5 +561,83 @@ impl Shared {
         self.stats.written.fetch_add(n, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.queued.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::query::Query;
+    use crate::records::SinkFuture;
+    use crate::tracking::number::TrackingNumber;
+
+    /// A record store that is down: every write fails.
+    struct Down;
+
+    impl RecordSink for Down {
+        fn write(&self, _: Arc<Batch>, _: bool) -> SinkFuture<'_, ()> {
+            Box::pin(async { Err(SinkError::Unavailable("down".into())) })
+        }
+
+        fn lookup<'a>(
+            &'a self,
+            _: &'a TrackingNumber,
+        ) -> SinkFuture<'a, Option<serde_json::Value>> {
+            Box::pin(async { Ok(None) })
+        }
+
+        fn kind(&self) -> &'static str {
+            "down"
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_gives_up_on_a_store_that_stays_down_and_tells_the_waiters() {
+        let order = Order::from_query(&Query::parse(Some(
+            "origin_country_id=MY&destination_country_id=ID&weight=1.5\
+             &customer_id=de619854-b59b-425e-9db4-943979e1bd49\
+             &customer_name=A&customer_slug=a",
+        )))
+        .unwrap();
+        let issued = |seq| Issued {
+            seq,
+            number: TrackingNumber::new(order.origin, order.destination, seq),
+            issued_at: time::OffsetDateTime::now_utc(),
+        };
+        let recorder = Recorder::start(
+            Arc::new(Down),
+            None,
+            WriterConfig {
+                mode: Mode::Durable,
+                queue_capacity: 100,
+                batch_max: 1,
+                flush_interval: Duration::from_millis(1),
+                wait_timeout: Duration::from_millis(20),
+                writers: 1,
+            },
+        );
+        // One batch in the writer's hands (retried), two more queued behind it.
+        let mut commits = Vec::new();
+        for seq in 1..=3 {
+            let commit = recorder.enqueue(&order, &[issued(seq)]).await.unwrap();
+            commits.push(commit.expect("durable mode: a commit to wait for"));
+        }
+        let late = recorder.committed(commits[0].clone()).await;
+        assert!(
+            matches!(late, Err(RecordError::NotCommitted(..))),
+            "{late:?}"
+        );
+        let t = Instant::now();
+        recorder
+            .shutdown(Instant::now() + Duration::from_millis(200))
+            .await;
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // Every waiter learns that its batch was given up, none waits forever.
+        for c in &commits {
+            let written = tokio::time::timeout(Duration::from_secs(1), c.wait()).await;
+            assert_eq!(written.ok(), Some(false));
+        }
+        assert_eq!(recorder.stats().queued.load(Ordering::Relaxed), 3);
+        assert_eq!(recorder.stats().written.load(Ordering::Relaxed), 0);
     }
 }
