@@ -169,38 +169,60 @@ impl Idempotency {
     }
 
     /// A new claim on a key for a request with `fingerprint`.
+    #[cfg(test)]
     fn claim(&self, fingerprint: &str) -> Claim {
+        self.claim_as(fingerprint, &random_id())
+    }
+
+    /// A claim with token `token`, as of now.
+    fn claim_as(&self, fingerprint: &str, token: &str) -> Claim {
         Claim(Entry {
             fingerprint: fingerprint.to_owned(),
             at_ms: now_ms(),
             status: None,
             body: None,
             owner: self.owner.clone(),
-            claim: random_id(),
+            claim: token.to_owned(),
         })
     }
 
     /// Decides what a request with `key` and these parameters gets; a `Fresh` answer claims the
     /// key. Waits up to `wait` for a first request still in progress.
     pub async fn begin(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         fingerprint: &str,
         wait: Duration,
     ) -> Result<Begin, IdemError> {
         let deadline = tokio::time::Instant::now() + wait;
+        let token = random_id();
+        // Dropped mid-claim (the client went away), this request releases what it may have
+        // claimed, rather than leave the key pending until it goes stale.
+        let mut unclaim = Unclaim {
+            store: Arc::clone(self),
+            key: key.to_owned(),
+            token: token.clone(),
+            armed: true,
+            in_flight: Arc::default(),
+        };
         loop {
             let outcome = match &self.backend {
-                Backend::Redis { .. } => self.begin_redis(key, fingerprint).await?,
+                Backend::Redis { .. } => {
+                    self.begin_redis(key, self.claim_as(fingerprint, &token))
+                        .await?
+                }
                 Backend::Embedded(db) => {
                     let db = Arc::clone(db);
                     let (key, fingerprint, mine, owner) = (
                         key.to_owned(),
                         fingerprint.to_owned(),
-                        self.claim(fingerprint),
+                        self.claim_as(fingerprint, &token),
                         self.owner.clone(),
                     );
+                    // Held until the claim's transaction is over: a release must come after it.
+                    let in_flight = Arc::clone(&unclaim.in_flight).try_lock_owned().ok();
                     tokio::task::spawn_blocking(move || {
+                        let _in_flight = in_flight;
                         begin_embedded(&db, &key, &fingerprint, mine, &owner)
                     })
                     .await
@@ -208,6 +230,8 @@ impl Idempotency {
                 }
             };
             if outcome != Begin::InProgress || tokio::time::Instant::now() >= deadline {
+                // Fresh: the caller's `Held` answers for the claim from here on.
+                unclaim.armed = false;
                 return Ok(outcome);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -260,18 +284,27 @@ impl Idempotency {
         claim: &Claim,
         new: Option<String>,
     ) -> Result<bool, IdemError> {
+        self.settle_token(key, &claim.0.claim, new).await
+    }
+
+    async fn settle_token(
+        &self,
+        key: &str,
+        token: &str,
+        new: Option<String>,
+    ) -> Result<bool, IdemError> {
         match &self.backend {
             Backend::Redis { .. } => {
                 let mut cmd = redis::cmd("EVAL");
                 cmd.arg(SETTLE_LUA)
                     .arg(1)
                     .arg(self.redis_key(key))
-                    .arg(&claim.0.claim)
+                    .arg(token)
                     .arg(new.unwrap_or_default());
                 Ok(self.redis_query::<i64>(cmd).await? == 1)
             }
             Backend::Embedded(db) => {
-                let (db, key, token) = (Arc::clone(db), key.to_owned(), claim.0.claim.clone());
+                let (db, key, token) = (Arc::clone(db), key.to_owned(), token.to_owned());
                 tokio::task::spawn_blocking(move || {
                     settle_embedded(&db, &key, &token, new.as_deref())
                 })
@@ -344,9 +377,9 @@ impl Idempotency {
         }
     }
 
-    async fn begin_redis(&self, key: &str, fingerprint: &str) -> Result<Begin, IdemError> {
+    async fn begin_redis(&self, key: &str, claim: Claim) -> Result<Begin, IdemError> {
         let rkey = self.redis_key(key);
-        let claim = self.claim(fingerprint);
+        let fingerprint = claim.0.fingerprint.as_str();
         let mine = claim.json()?;
         let mut set = redis::cmd("SET");
         set.arg(&rkey)
@@ -383,6 +416,40 @@ impl Idempotency {
         match decision {
             Decision::Answer(b) => Ok(b),
             Decision::TakeOver => unreachable!("handled above"),
+        }
+    }
+}
+
+/// Releases a claim [`Idempotency::begin`] may have written when its future is dropped
+/// before it returns (only a key still pending under this token is touched).
+struct Unclaim {
+    store: Arc<Idempotency>,
+    key: String,
+    token: String,
+    armed: bool,
+    /// Locked while an embedded claim runs on the blocking pool, which a dropped future does
+    /// not stop. (A Redis claim and its release go in order over the one connection.)
+    in_flight: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Unclaim {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (store, key, token, in_flight) = (
+                Arc::clone(&self.store),
+                std::mem::take(&mut self.key),
+                std::mem::take(&mut self.token),
+                Arc::clone(&self.in_flight),
+            );
+            rt.spawn(async move {
+                drop(in_flight.lock().await);
+                if let Err(e) = store.settle_token(&key, &token, None).await {
+                    tracing::warn!(error = %e, "could not release an idempotency key");
+                }
+            });
         }
     }
 }
@@ -755,7 +822,7 @@ mod tests {
         Arc::new(Idempotency::embedded(Arc::new(db)))
     }
 
-    async fn begin(store: &Idempotency, key: &str) -> Begin {
+    async fn begin(store: &Arc<Idempotency>, key: &str) -> Begin {
         store.begin(key, "fp", Duration::ZERO).await.unwrap()
     }
 
@@ -798,7 +865,7 @@ mod tests {
     }
 
     /// Waits until `key` can be claimed anew (released), or panics.
-    async fn until_released(store: &Idempotency, key: &str) {
+    async fn until_released(store: &Arc<Idempotency>, key: &str) {
         let start = std::time::Instant::now();
         while begin(store, key).await == Begin::InProgress {
             assert!(
@@ -907,5 +974,31 @@ mod tests {
         // Still settled by the original claim.
         assert!(held.settle(201, "{}").await.unwrap());
         assert!(matches!(begin(&store, "slow").await, Begin::Replay { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_while_it_claims_its_key_releases_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = embedded_store(dir.path());
+        for _ in 0..20 {
+            // Polled once (the claim starts on the blocking pool), then dropped.
+            let mut gone = Box::pin(store.begin("k", "fp", Duration::ZERO));
+            let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(gone.as_mut().poll(cx)));
+            assert!(
+                polled.await.is_pending(),
+                "the claim finished within one poll"
+            );
+            drop(gone);
+            // Released: claimed anew (then released for the next round).
+            let start = std::time::Instant::now();
+            let c = loop {
+                match begin(&store, "k").await {
+                    Begin::Fresh(c) => break c,
+                    other => assert!(start.elapsed() < Duration::from_secs(5), "{other:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            assert!(store.abandon("k", &c).await.unwrap());
+        }
     }
 }

@@ -849,7 +849,12 @@ async fn build_when_free(
 async fn idempotency_keys_in_redis_are_settled_only_under_their_claim() {
     use trackd::idempotency::{Begin, Idempotency};
     let redis = RedisServer::start();
-    let store = Idempotency::redis(vec![redis.url()], false, "t", Duration::from_secs(1));
+    let store = std::sync::Arc::new(Idempotency::redis(
+        vec![redis.url()],
+        false,
+        "t",
+        Duration::from_secs(1),
+    ));
     let begin = |key: &'static str| store.begin(key, "fp", Duration::ZERO);
     let fresh = |b: Begin| match b {
         Begin::Fresh(c) => c,
