@@ -79,7 +79,7 @@ enum Backend {
 pub struct Idempotency {
     backend: Backend,
     owner: String,
-    /// Answers completed after their request (see [`Held::complete_after`]); awaited at
+    /// Answers completed after their request (see [`Idempotency::complete_after`]); awaited at
     /// shutdown.
     deferred: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
@@ -166,12 +166,6 @@ impl Idempotency {
             Backend::Redis { .. } => "redis",
             Backend::Embedded(_) => "embedded",
         }
-    }
-
-    /// A new claim on a key for a request with `fingerprint`.
-    #[cfg(test)]
-    fn claim(&self, fingerprint: &str) -> Claim {
-        self.claim_as(fingerprint, &random_id())
     }
 
     /// A claim with token `token`, as of now.
@@ -315,7 +309,7 @@ impl Idempotency {
     }
 
     /// Waits up to `limit` for answers still to be completed after their request
-    /// ([`Held::complete_after`]); called at shutdown once the records are written.
+    /// ([`Idempotency::complete_after`]); called at shutdown once the records are written.
     pub async fn finish_deferred(&self, limit: Duration) {
         let mut set = match self.deferred.lock() {
             Ok(mut s) => std::mem::take(&mut *s),
@@ -434,23 +428,35 @@ struct Unclaim {
 
 impl Drop for Unclaim {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (store, key, token, in_flight) = (
-                Arc::clone(&self.store),
+        if self.armed {
+            let in_flight = Arc::clone(&self.in_flight);
+            release_later(
+                &self.store,
                 std::mem::take(&mut self.key),
                 std::mem::take(&mut self.token),
-                Arc::clone(&self.in_flight),
+                async move { drop(in_flight.lock().await) },
             );
-            rt.spawn(async move {
-                drop(in_flight.lock().await);
-                if let Err(e) = store.settle_token(&key, &token, None).await {
-                    tracing::warn!(error = %e, "could not release an idempotency key");
-                }
-            });
         }
+    }
+}
+
+/// Releases `key` if it is still pending under `token`, in a task of its own once `after`
+/// is done (for a guard dropped mid-request; without a runtime left, the claim goes stale
+/// and is taken over after 30 s).
+fn release_later(
+    store: &Arc<Idempotency>,
+    key: String,
+    token: String,
+    after: impl Future<Output = ()> + Send + 'static,
+) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let store = Arc::clone(store);
+        rt.spawn(async move {
+            after.await;
+            if let Err(e) = store.settle_token(&key, &token, None).await {
+                tracing::warn!(error = %e, "could not release an idempotency key");
+            }
+        });
     }
 }
 
@@ -487,6 +493,10 @@ impl Promise {
 
     fn take(&self) -> Option<Promised> {
         self.0.lock().ok().and_then(|mut p| p.take())
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.lock().is_ok_and(|p| p.is_some())
     }
 }
 
@@ -547,7 +557,8 @@ impl Held {
     /// Settles the key after the request's answer: a 201 is remembered; any other answer
     /// releases the key, unless an answer was promised (numbers issued, their records queued
     /// but not committed in time), which the key then gets once they are (see
-    /// [`Held::complete_after`]). False if the claim was lost meanwhile.
+    /// [`Idempotency::complete_after`]). False if the claim was lost meanwhile.
+    /// (A promised answer is left to the drop, which hands it to `complete_after`.)
     pub async fn settle(mut self, status: u16, body: &str) -> Result<bool, IdemError> {
         let r = if status == 201 {
             let r = self
@@ -559,17 +570,10 @@ impl Held {
                 tracing::warn!(error = %e, "could not remember an idempotency key; retrying in the background");
                 self.promise
                     .set(std::future::ready(true), status, body.to_owned());
-                return Ok(true); // settled by the drop, from the promise
+                return Ok(true);
             }
             r
-        } else if let Some(p) = self.promise.take() {
-            self.settled = true;
-            let (store, key, claim) = (
-                Arc::clone(&self.store),
-                std::mem::take(&mut self.key),
-                self.claim.clone(),
-            );
-            store.complete_after(key, claim, p);
+        } else if self.promise.is_set() {
             return Ok(true);
         } else {
             self.store.abandon(&self.key, &self.claim).await
@@ -584,21 +588,10 @@ impl Drop for Held {
         if self.settled {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return; // no runtime left: the claim goes stale and is taken over after 30 s
-        };
-        let (store, key, claim) = (
-            Arc::clone(&self.store),
-            std::mem::take(&mut self.key),
-            self.claim.clone(),
-        );
+        let (key, claim) = (std::mem::take(&mut self.key), self.claim.clone());
         match self.promise.take() {
-            Some(p) => store.complete_after(key, claim, p),
-            None => drop(rt.spawn(async move {
-                if let Err(e) = store.abandon(&key, &claim).await {
-                    tracing::warn!(error = %e, "could not release an idempotency key");
-                }
-            })),
+            Some(p) => Arc::clone(&self.store).complete_after(key, claim, p),
+            None => release_later(&self.store, key, claim.0.claim, async {}),
         }
     }
 }
@@ -831,37 +824,6 @@ mod tests {
             Begin::Fresh(c) => c,
             other => panic!("not fresh: {other:?}"),
         }
-    }
-
-    #[tokio::test]
-    async fn a_claim_settles_its_key_only_while_it_is_pending_under_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = embedded_store(dir.path());
-        let first = claim(begin(&store, "k").await);
-        assert_eq!(begin(&store, "k").await, Begin::InProgress);
-        // Another claim (as after a takeover elsewhere) cannot settle it.
-        let other = store.claim("fp");
-        assert!(!store.complete("k", &other, 201, "{}").await.unwrap());
-        assert!(!store.abandon("k", &other).await.unwrap());
-        // Refreshed: a newer time under the same claim; a refresh whose reply was lost leaves
-        // the holder with the older copy, which still settles it.
-        std::thread::sleep(Duration::from_millis(5));
-        let mut renewed = first.clone();
-        assert!(store.refresh("k", &mut renewed).await.unwrap());
-        assert_ne!(renewed, first);
-        assert!(store.complete("k", &first, 201, "{\"n\":1}").await.unwrap());
-        // Settled: a repeat of the same completion succeeds, anything else does not.
-        assert!(store.complete("k", &first, 201, "{\"n\":1}").await.unwrap());
-        assert!(!store.complete("k", &first, 201, "{\"n\":2}").await.unwrap());
-        assert!(!store.abandon("k", &first).await.unwrap());
-        assert!(!store.refresh("k", &mut renewed).await.unwrap());
-        assert_eq!(
-            begin(&store, "k").await,
-            Begin::Replay {
-                status: 201,
-                body: "{\"n\":1}".into()
-            }
-        );
     }
 
     /// Waits until `key` can be claimed anew (released), or panics.

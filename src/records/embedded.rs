@@ -427,13 +427,11 @@ impl RecordSink for EmbeddedRecords {
                 let Some(value) = index.find(seq).map_err(unavailable)? else {
                     return Ok(None);
                 };
-                if Fields::parse(&value).is_none() {
-                    return Err(unavailable(format!(
-                        "the stored record of {number} does not decode"
-                    )));
-                }
+                let fields = Fields::parse(&value).ok_or_else(|| {
+                    unavailable(format!("the stored record of {number} does not decode"))
+                })?;
                 // Same sequence, other country codes: another number, never issued.
-                Ok(Record::decode(seq, number, &value).map(|r| r.to_json()))
+                Ok(Record::from_fields(seq, number, fields).map(|r| r.to_json()))
             })
             .await
             .map_err(unavailable)?

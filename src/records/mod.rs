@@ -139,7 +139,12 @@ impl Record {
     /// The record from its binary form ([`RecordRef::encode_into`]); `None` for bytes trackd
     /// did not write.
     pub fn decode(seq: u64, number: TrackingNumber, b: &[u8]) -> Option<Self> {
-        let f = Fields::parse(b)?;
+        Self::from_fields(seq, number, Fields::parse(b)?)
+    }
+
+    /// The record of `number` from its parsed fields; `None` if they belong to another number
+    /// (other country codes) or hold an impossible time.
+    pub fn from_fields(seq: u64, number: TrackingNumber, f: Fields<'_>) -> Option<Self> {
         // The same sequence with other country codes is another number, never issued.
         if f.countries != &number.as_str().as_bytes()[..4] {
             return None;

@@ -249,15 +249,6 @@ impl Recorder {
         self.shared.last_error.lock().ok().and_then(|e| e.clone())
     }
 
-    /// Queues the records of `issued` numbers for `order`; in durable mode, returns once they
-    /// are committed.
-    pub async fn record(&self, order: &Order, issued: &[Issued]) -> Result<(), RecordError> {
-        match self.enqueue(order, issued).await? {
-            Some(commit) => self.committed(commit).await,
-            None => Ok(()),
-        }
-    }
-
     /// Queues the records (waiting for room in the queue, up to `wait_timeout`); in durable
     /// mode, returns the commit to wait for with [`Recorder::committed`].
     pub async fn enqueue(
@@ -336,12 +327,7 @@ impl Recorder {
     /// store. A store that keeps failing is retried until `deadline`; then what is still
     /// unwritten is given up (its commits answer so), and logged as such.
     pub async fn shutdown(&self, deadline: Instant) {
-        if let Ok(mut q) = self.shared.queue.lock() {
-            q.closed = true;
-        }
-        self.shared.work.notify_waiters();
-        self.shared.work_cv.notify_all();
-        self.shared.room.notify_waiters();
+        self.shared.close();
         let writers = self
             .writers
             .lock()
@@ -398,11 +384,7 @@ impl Recorder {
 /// was never run) still lets its writers write what is queued and end, releasing the store.
 impl Drop for Recorder {
     fn drop(&mut self) {
-        if let Ok(mut q) = self.shared.queue.lock() {
-            q.closed = true;
-        }
-        self.shared.work.notify_waiters();
-        self.shared.work_cv.notify_all();
+        self.shared.close();
     }
 }
 
@@ -532,6 +514,17 @@ fn write_thread(sh: Arc<Shared>, sink: Arc<dyn BlockingSink>) {
 }
 
 impl Shared {
+    /// Stops taking records and wakes everyone waiting: writers (to write what is queued and
+    /// end) and requests waiting for room (to be told).
+    fn close(&self) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.closed = true;
+        }
+        self.work.notify_waiters();
+        self.work_cv.notify_all();
+        self.room.notify_waiters();
+    }
+
     /// Notes a failed write; returns how long to wait before the retry, or `None` once
     /// shutdown gave up retrying.
     fn failed(&self, e: &SinkError, batch: &Batch, failures: &mut u32) -> Option<Duration> {

@@ -605,10 +605,7 @@ async fn wait_recorded(db_url: &str, numbers: &[String], limit: Duration) {
 
 #[tokio::test]
 async fn a_down_record_store_slows_issuance_to_503_and_loses_no_record() {
-    let Some(bin) = PrivatePostgres::bin_dir() else {
-        panic!("no PostgreSQL server binaries under /usr/lib/postgresql (.ci/run installs them)");
-    };
-    let pg = PrivatePostgres::start(bin);
+    let pg = PrivatePostgres::start_installed();
     let url = pg.url();
     let app = spawn_app_with(|s| {
         s.records.mode = "async".into();
@@ -704,10 +701,7 @@ async fn get_keyed(
 
 #[tokio::test]
 async fn durable_numbers_answered_503_before_their_commit_reach_their_idempotency_key() {
-    let Some(bin) = PrivatePostgres::bin_dir() else {
-        panic!("no PostgreSQL server binaries under /usr/lib/postgresql (.ci/run installs them)");
-    };
-    let pg = PrivatePostgres::start(bin);
+    let pg = PrivatePostgres::start_installed();
     let url = pg.url();
     let app = spawn_app_with(|s| {
         s.records.mode = "durable".into();
@@ -771,10 +765,7 @@ async fn durable_numbers_answered_503_before_their_commit_reach_their_idempotenc
 
 #[tokio::test]
 async fn shutdown_gives_up_on_a_record_store_that_stays_down() {
-    let Some(bin) = PrivatePostgres::bin_dir() else {
-        panic!("no PostgreSQL server binaries under /usr/lib/postgresql (.ci/run installs them)");
-    };
-    let pg = PrivatePostgres::start(bin);
+    let pg = PrivatePostgres::start_installed();
     let url = pg.url();
     let app = spawn_app_with(|s| {
         s.records.mode = "async".into();
@@ -845,16 +836,12 @@ async fn build_when_free(
     }
 }
 
-#[tokio::test]
-async fn idempotency_keys_in_redis_are_settled_only_under_their_claim() {
-    use trackd::idempotency::{Begin, Idempotency};
-    let redis = RedisServer::start();
-    let store = std::sync::Arc::new(Idempotency::redis(
-        vec![redis.url()],
-        false,
-        "t",
-        Duration::from_secs(1),
-    ));
+/// A claim's life on either backend: only its holder settles the key, a refresh keeps the
+/// claim, a repeated completion is harmless, a settled key replays its answer.
+async fn claims_settle_their_key_only_while_it_is_pending_under_them(
+    store: &std::sync::Arc<trackd::idempotency::Idempotency>,
+) -> trackd::idempotency::Claim {
+    use trackd::idempotency::Begin;
     let begin = |key: &'static str| store.begin(key, "fp", Duration::ZERO);
     let fresh = |b: Begin| match b {
         Begin::Fresh(c) => c,
@@ -862,6 +849,10 @@ async fn idempotency_keys_in_redis_are_settled_only_under_their_claim() {
     };
     let first = fresh(begin("k").await.unwrap());
     assert_eq!(begin("k").await.unwrap(), Begin::InProgress);
+    // Another claim (as after a takeover elsewhere) cannot settle it.
+    let other = fresh(begin("k-other").await.unwrap());
+    assert!(!store.complete("k", &other, 201, "{}").await.unwrap());
+    assert!(!store.abandon("k", &other).await.unwrap());
     // Refreshed (a refresh whose reply was lost leaves the older copy: it still settles).
     tokio::time::sleep(Duration::from_millis(5)).await;
     let mut renewed = first.clone();
@@ -880,6 +871,20 @@ async fn idempotency_keys_in_redis_are_settled_only_under_their_claim() {
             body: "{\"n\":1}".into()
         }
     );
+    first
+}
+
+#[tokio::test]
+async fn idempotency_keys_in_redis_are_settled_only_under_their_claim() {
+    use trackd::idempotency::{Begin, Idempotency};
+    let redis = RedisServer::start();
+    let store = std::sync::Arc::new(Idempotency::redis(
+        vec![redis.url()],
+        false,
+        "t",
+        Duration::from_secs(1),
+    ));
+    let first = claims_settle_their_key_only_while_it_is_pending_under_them(&store).await;
     // A stale pending entry of an older trackd (no claim field): taken over, and released by
     // its new claim.
     redis.cmd(&[
@@ -889,11 +894,23 @@ async fn idempotency_keys_in_redis_are_settled_only_under_their_claim() {
         "EX",
         "600",
     ]);
-    let taken = fresh(begin("old").await.unwrap());
+    let Begin::Fresh(taken) = store.begin("old", "fp", Duration::ZERO).await.unwrap() else {
+        panic!("a stale entry is taken over");
+    };
     assert!(
         !store.abandon("old", &first).await.unwrap(),
         "another claim"
     );
     assert!(store.abandon("old", &taken).await.unwrap());
     assert_eq!(redis.cmd(&["EXISTS", "t:idem:old"]).trim(), "0");
+}
+
+#[tokio::test]
+async fn idempotency_keys_in_the_embedded_store_are_settled_only_under_their_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = redb::Database::create(dir.path().join("keys.redb")).unwrap();
+    let store = std::sync::Arc::new(trackd::idempotency::Idempotency::embedded(
+        std::sync::Arc::new(db),
+    ));
+    claims_settle_their_key_only_while_it_is_pending_under_them(&store).await;
 }

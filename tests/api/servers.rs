@@ -359,6 +359,16 @@ impl PrivatePostgres {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
+    /// A private server from the installed binaries; fails the test if there are none.
+    pub fn start_installed() -> Self {
+        let bin = Self::bin_dir().unwrap_or_else(|| {
+            panic!(
+                "no PostgreSQL server binaries under /usr/lib/postgresql (.ci/run installs them)"
+            )
+        });
+        Self::start(bin)
+    }
+
     pub fn start(bin: PathBuf) -> Self {
         let pg = Self::init(bin);
         pg.start_again();
