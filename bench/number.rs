@@ -12,13 +12,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use trackd::http::query::Query;
-use trackd::http::response::rfc3339_micros;
+use trackd::support::form;
 use trackd::tracking::TrackingService;
 use trackd::tracking::allocator::{Allocator, BlockSizing};
 use trackd::tracking::country::CountryCode;
 use trackd::tracking::number::{self, CODE_SPACE, TrackingNumber};
-use trackd::tracking::order::Order;
+use trackd::tracking::order::{Order, OrderFields};
 use trackd::tracking::permute::{Permutation, PermutationKey};
 use trackd::tracking::store::embedded::EmbeddedStore;
 
@@ -105,52 +104,42 @@ fn encoding(c: &mut Criterion) {
     g.finish();
 }
 
-/// Mirror of trackd's success body (`http::tracking::IssuedBody` is private).
-#[derive(serde::Serialize)]
-struct IssuedBody<'a> {
-    tracking_number: &'a str,
-    customer_id: &'a str,
-    origin_country_id: &'a str,
-    destination_country_id: &'a str,
-    created_at: String,
+fn parse_order(query: &str) -> Option<Order> {
+    Order::try_from(OrderFields::from_pairs(form::pairs(Some(query)))).ok()
 }
 
 /// Request handling outside hyper: query decoding, validation, the 201 body.
 fn request(c: &mut Criterion) {
     let mut g = c.benchmark_group("request");
     g.bench_function("query_parse", |b| {
-        b.iter(|| Query::parse(Some(black_box(QUERY))))
+        b.iter(|| OrderFields::from_pairs(form::pairs(Some(black_box(QUERY)))))
     });
     g.bench_function("order_from_query", |b| {
-        b.iter(|| Order::from_query(&Query::parse(Some(black_box(QUERY)))).is_ok())
+        b.iter(|| parse_order(black_box(QUERY)).is_some())
     });
-    let order = Order::from_query(&Query::parse(Some(QUERY))).expect("valid query");
-    let n = TrackingNumber::new(order.origin, order.destination, 123_456_789);
-    g.bench_function("success_body_json", |b| {
-        b.iter(|| {
-            let mut uuid_buf = uuid::Uuid::encode_buffer();
-            let body = IssuedBody {
-                tracking_number: n.as_str(),
-                customer_id: order.customer_id.hyphenated().encode_lower(&mut uuid_buf),
-                origin_country_id: order.origin.as_str(),
-                destination_country_id: order.destination.as_str(),
-                created_at: rfc3339_micros(time::OffsetDateTime::now_utc()),
-            };
-            serde_json::to_vec(black_box(&body)).unwrap()
-        })
+    let order = parse_order(QUERY).expect("valid query");
+    let issued = trackd::tracking::Issued {
+        seq: 1,
+        number: TrackingNumber::new(order.origin, order.destination, 123_456_789),
+        issued_at: time::OffsetDateTime::now_utc(),
+    };
+    g.bench_function("success_body", |b| {
+        b.iter(|| trackd::issue::receipt::single(black_box(&order), black_box(&issued)))
     });
     // What observing a request adds (route template, request id, two metric updates, the
     // access-log callsite disabled as in production at level info, the response header).
     let _handle = trackd::metrics::install();
-    let http = trackd::metrics::HttpMetrics::new(trackd::http::observe::ROUTES);
-    let req = hyper::Request::get(format!("/api/next-tracking-number/?{QUERY}"))
+    let http = trackd::metrics::HttpMetrics::new(trackd::http::route::TEMPLATES);
+    let (req, ()) = hyper::Request::get(format!("/api/next-tracking-number/?{QUERY}"))
         .body(())
-        .unwrap();
+        .unwrap()
+        .into_parts();
     let mut resp = hyper::Response::new(());
     *resp.status_mut() = hyper::StatusCode::CREATED;
     g.bench_function("observe_request", |b| {
         b.iter(|| {
-            let o = trackd::http::observe::Observation::start(black_box(&req));
+            let route = trackd::http::route::Route::parse(req.uri.path());
+            let o = trackd::http::observe::Observation::start(black_box(&req), route);
             o.finish(&http, &mut resp);
         })
     });
@@ -329,7 +318,7 @@ fn take(c: &mut Criterion) {
         Permutation::new(&KEY),
         Duration::from_secs(1),
     );
-    let order = Order::from_query(&Query::parse(Some(QUERY))).expect("valid query");
+    let order = parse_order(QUERY).expect("valid query");
     let mut g = c.benchmark_group("service");
     g.bench_function("issue", |b| {
         b.iter_custom(|iters| {

@@ -113,12 +113,12 @@ async fn run(a: Args) -> Result<(), String> {
             admin
                 .batch_execute(&sql)
                 .await
-                .map_err(|e| trackd::policy::pg_message(&e))?;
+                .map_err(|e| trackd::support::pg::message(&e))?;
         }
         let mut c = client(&url).await?;
         migrate::migrate(&mut c)
             .await
-            .map_err(|e| trackd::policy::pg_message(&e))?;
+            .map_err(|e| trackd::support::pg::message(&e))?;
         let data = SampleData::bundled().map_err(|e| e.to_string())?;
         let started = Instant::now();
         seed::seed_users(&mut c, &data, a.users)

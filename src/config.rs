@@ -1,8 +1,11 @@
 //! Typed configuration: `config/default.toml`, then a file, then `TRACKD_*` environment
-//! variables, then flags; validated as a whole before anything binds.
+//! variables, then flags; validated as a whole before anything binds, every bad key named.
+//!
+//! Values are typed once, here: stores and modes are enums, durations [`Duration`], addresses
+//! [`SocketAddr`], secrets [`Secret`] (never printed). Each subsystem takes its own section.
 
 use crate::tracking::permute::PermutationKey;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,91 +29,112 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
-    pub listen: String,
+    pub listen: SocketAddr,
     pub worker_threads: usize,
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
-    pub header_read_timeout_ms: u64,
-    pub idle_timeout_ms: u64,
-    pub shutdown_grace_ms: u64,
-    pub shutdown_linger_ms: u64,
+    #[serde(rename = "header_read_timeout_ms", deserialize_with = "millis")]
+    pub header_read_timeout: Duration,
+    #[serde(rename = "idle_timeout_ms", deserialize_with = "millis")]
+    pub idle_timeout: Duration,
+    #[serde(rename = "shutdown_grace_ms", deserialize_with = "millis")]
+    pub shutdown_grace: Duration,
+    #[serde(rename = "shutdown_linger_ms", deserialize_with = "millis")]
+    pub shutdown_linger: Duration,
 }
 
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RecordsSettings {
-    pub mode: String,
-    pub postgres_url: String,
-    pub flush_interval_ms: u64,
-    pub batch_max: usize,
-    pub queue_capacity: usize,
-    pub wait_timeout_ms: u64,
+/// Where sequence numbers come from (and, with them, the idempotency keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SequenceStoreKind {
+    /// A file in the data directory: one instance.
+    Embedded,
+    /// Sharded counters shared by many instances.
+    Redis,
+    /// A segment row shared by many instances.
+    Postgres,
 }
 
-impl std::fmt::Debug for RecordsSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecordsSettings")
-            .field("mode", &self.mode)
-            .field("postgres_url", &redact_url(&self.postgres_url))
-            .field("flush_interval_ms", &self.flush_interval_ms)
-            .field("batch_max", &self.batch_max)
-            .field("queue_capacity", &self.queue_capacity)
-            .field("wait_timeout_ms", &self.wait_timeout_ms)
-            .finish()
+impl SequenceStoreKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Embedded => "embedded",
+            Self::Redis => "redis",
+            Self::Postgres => "postgres",
+        }
     }
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrackingSettings {
-    pub sequence_store: String,
-    pub store_timeout_ms: u64,
-    pub redis_url: String,
+    pub sequence_store: SequenceStoreKind,
+    #[serde(rename = "store_timeout_ms", deserialize_with = "millis")]
+    pub store_timeout: Duration,
+    /// One `redis://` URL, or a cluster's comma-separated seed nodes.
+    pub redis_url: Secret,
     pub redis_cluster: bool,
     pub redis_key_prefix: String,
     pub redis_shards: u32,
     pub redis_wait_aof: bool,
-    pub postgres_url: String,
+    pub postgres_url: Secret,
     pub postgres_segment: String,
-    pub permutation_key: String,
-    pub wait_timeout_ms: u64,
+    #[serde(deserialize_with = "permutation_key")]
+    pub permutation_key: Option<PermutationKey>,
+    #[serde(rename = "wait_timeout_ms", deserialize_with = "millis")]
+    pub wait_timeout: Duration,
     pub retry_after_secs: u64,
     pub block_min: u64,
     pub block_max: u64,
-    pub block_target_ms: u64,
+    #[serde(rename = "block_target_ms", deserialize_with = "millis")]
+    pub block_target: Duration,
 }
 
 impl TrackingSettings {
-    /// `redis_url` as a list: one URL, or a cluster's comma-separated seed nodes.
+    /// `redis_url` as a list: one URL, or a cluster's seed nodes.
     pub fn redis_urls(&self) -> Vec<String> {
         self.redis_url
+            .expose()
             .split(',')
             .map(|u| u.trim().to_owned())
             .collect()
     }
 }
 
-impl std::fmt::Debug for TrackingSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrackingSettings")
-            .field("sequence_store", &self.sequence_store)
-            .field("redis_url", &redact_url(&self.redis_url))
-            .field("redis_shards", &self.redis_shards)
-            .field("postgres_url", &redact_url(&self.postgres_url))
-            .field(
-                "permutation_key",
-                &if self.permutation_key.is_empty() {
-                    ""
-                } else {
-                    "<secret>"
-                },
-            )
-            .field("wait_timeout_ms", &self.wait_timeout_ms)
-            .field("block_min", &self.block_min)
-            .field("block_max", &self.block_max)
-            .finish_non_exhaustive()
+/// Whether, and how, issued numbers are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordsMode {
+    /// Answer at once; the record is written within the flush interval.
+    Async,
+    /// Answer once the record is committed (group commit).
+    Durable,
+    /// No records: a pure generator.
+    Off,
+}
+
+impl RecordsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Async => "async",
+            Self::Durable => "durable",
+            Self::Off => "off",
+        }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsSettings {
+    pub mode: RecordsMode,
+    pub postgres_url: Secret,
+    #[serde(rename = "flush_interval_ms", deserialize_with = "millis")]
+    pub flush_interval: Duration,
+    pub batch_max: usize,
+    pub queue_capacity: usize,
+    #[serde(rename = "wait_timeout_ms", deserialize_with = "millis")]
+    pub wait_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,75 +143,101 @@ pub struct StorageSettings {
     pub data_dir: PathBuf,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
+    /// A level or an `EnvFilter` directive.
     pub level: String,
-    pub format: String,
+    pub format: LogFormat,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySettings {
-    pub database_url: String,
-    pub refresh_interval_secs: u64,
-    pub notify_debounce_ms: u64,
-    pub retry_ms: u64,
-    pub connect_timeout_ms: u64,
-    pub load_timeout_secs: u64,
-    pub api_keys: Vec<String>,
+    pub database_url: Secret,
+    #[serde(rename = "refresh_interval_secs", deserialize_with = "secs")]
+    pub refresh_interval: Duration,
+    #[serde(rename = "notify_debounce_ms", deserialize_with = "millis")]
+    pub notify_debounce: Duration,
+    #[serde(rename = "retry_ms", deserialize_with = "millis")]
+    pub retry: Duration,
+    #[serde(rename = "connect_timeout_ms", deserialize_with = "millis")]
+    pub connect_timeout: Duration,
+    #[serde(rename = "load_timeout_secs", deserialize_with = "secs")]
+    pub load_timeout: Duration,
+    pub api_keys: Vec<Secret>,
     pub page_size_default: usize,
     pub page_size_max: usize,
 }
 
-impl std::fmt::Debug for PolicySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicySettings")
-            .field("database_url", &redact_url(&self.database_url))
-            .field("refresh_interval_secs", &self.refresh_interval_secs)
-            .field("api_keys", &format!("<{} secret(s)>", self.api_keys.len()))
-            .field("page_size_max", &self.page_size_max)
-            .finish_non_exhaustive()
+/// A secret string (a key, or a URL that may carry a password): compared and used, never
+/// printed. `Debug` shows only whether it is set (a URL: with its password masked).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
-impl PolicySettings {
-    fn validate(&self, e: &mut Vec<String>) {
-        if !self.database_url.is_empty()
-            && self.database_url.parse::<tokio_postgres::Config>().is_err()
-        {
-            e.push("policy.database_url: not a PostgreSQL connection URL (value not shown)".into());
-        }
-        for (key, v) in [
-            ("policy.refresh_interval_secs", self.refresh_interval_secs),
-            ("policy.retry_ms", self.retry_ms),
-            ("policy.connect_timeout_ms", self.connect_timeout_ms),
-            ("policy.load_timeout_secs", self.load_timeout_secs),
-        ] {
-            if v == 0 {
-                e.push(format!("{key}: must be greater than 0"));
-            }
-        }
-        if self
-            .api_keys
-            .iter()
-            .any(|k| k.len() < 16 || k.bytes().any(|b| !b.is_ascii_graphic()))
-        {
-            e.push(
-                "policy.api_keys: every key must be at least 16 printable ASCII characters without spaces (values not shown)"
-                    .into(),
-            );
-        }
-        if self.page_size_max == 0 || self.page_size_max > 100_000 {
-            e.push("policy.page_size_max: must be between 1 and 100000".into());
-        }
-        if self.page_size_default == 0 || self.page_size_default > self.page_size_max {
-            e.push(format!(
-                "policy.page_size_default: must be between 1 and policy.page_size_max ({})",
-                self.page_size_max
-            ));
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else if self.0.contains("://") {
+            write!(f, "{:?}", redact_url(&self.0))
+        } else {
+            f.write_str("<secret>")
         }
     }
+}
+
+fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
+}
+
+fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_secs)
+}
+
+/// Empty: none configured. Otherwise 32 hexadecimal digits; the value is never echoed.
+fn permutation_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PermutationKey>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    PermutationKey::from_hex(&s)
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("must be 32 hexadecimal digits (value not shown)"))
 }
 
 /// Every problem found in the configuration, each naming its key.
@@ -213,6 +263,29 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub sequence_store: Option<String>,
     pub redis_url: Option<String>,
+    pub database_url: Option<String>,
+}
+
+impl Overrides {
+    /// (section, key, value) of each override given.
+    fn pairs(&self) -> Vec<(&'static str, &'static str, String)> {
+        let mut out = Vec::new();
+        let mut add = |section, key, v: Option<String>| {
+            if let Some(v) = v {
+                out.push((section, key, v));
+            }
+        };
+        add("server", "listen", self.listen.clone());
+        add("tracking", "sequence_store", self.sequence_store.clone());
+        add("tracking", "redis_url", self.redis_url.clone());
+        add("policy", "database_url", self.database_url.clone());
+        add(
+            "storage",
+            "data_dir",
+            self.data_dir.as_ref().map(|d| d.display().to_string()),
+        );
+        out
+    }
 }
 
 impl Settings {
@@ -266,173 +339,37 @@ impl Settings {
                 Err(e) => errors.push(format!("{section}.{key} (from {name}): {e}")),
             }
         }
-
-        if let Some(l) = &overrides.listen {
-            set(&mut merged, "server", "listen", Value::String(l.clone()));
-        }
-        if let Some(v) = &overrides.sequence_store {
-            set(
-                &mut merged,
-                "tracking",
-                "sequence_store",
-                Value::String(v.clone()),
-            );
-        }
-        if let Some(v) = &overrides.redis_url {
-            set(
-                &mut merged,
-                "tracking",
-                "redis_url",
-                Value::String(v.clone()),
-            );
-        }
-        if let Some(d) = &overrides.data_dir {
-            set(
-                &mut merged,
-                "storage",
-                "data_dir",
-                Value::String(d.display().to_string()),
-            );
+        for (section, key, v) in overrides.pairs() {
+            set(&mut merged, section, key, Value::String(v));
         }
 
-        if !errors.is_empty() {
-            return Err(ConfigError(errors));
+        let settings = typed(merged, &defaults, &mut errors);
+        match settings {
+            Some(s) if errors.is_empty() => {
+                s.validate()?;
+                Ok(s)
+            }
+            Some(s) => {
+                // Report the semantic problems of the keys that did parse as well.
+                if let Err(ConfigError(more)) = s.validate() {
+                    errors.extend(more);
+                }
+                Err(ConfigError(errors))
+            }
+            None => Err(ConfigError(errors)),
         }
-        let settings: Settings = Value::Table(merged)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError(vec![e.to_string()]))?;
-        settings.validate()?;
-        Ok(settings)
     }
 
-    /// Checks values that the types alone do not, reporting all problems at once.
+    /// Checks what the types alone do not, reporting every problem at once.
     fn validate(&self) -> Result<(), ConfigError> {
         let mut e = Vec::new();
-        let s = &self.server;
-        if s.listen.parse::<SocketAddr>().is_err() {
-            e.push(format!(
-                "server.listen: '{}' is not an address:port",
-                s.listen
-            ));
-        }
-        if s.max_connections == 0 {
-            e.push("server.max_connections: must be at least 1".into());
-        }
-        if s.max_header_bytes < 8192 {
-            e.push("server.max_header_bytes: must be at least 8192".into());
-        }
-        if s.max_uri_bytes < 256 {
-            e.push("server.max_uri_bytes: must be at least 256".into());
-        }
-        for (key, v) in [
-            ("server.header_read_timeout_ms", s.header_read_timeout_ms),
-            ("server.idle_timeout_ms", s.idle_timeout_ms),
-            ("server.shutdown_grace_ms", s.shutdown_grace_ms),
-            ("tracking.wait_timeout_ms", self.tracking.wait_timeout_ms),
-            ("tracking.store_timeout_ms", self.tracking.store_timeout_ms),
-            ("tracking.block_target_ms", self.tracking.block_target_ms),
-        ] {
-            if v == 0 {
-                e.push(format!("{key}: must be greater than 0"));
-            }
-        }
-        let t = &self.tracking;
-        match t.sequence_store.as_str() {
-            "embedded" => {}
-            "redis" | "postgres" if t.permutation_key.is_empty() => e.push(format!(
-                "tracking.permutation_key: required with the shared '{}' sequence store, \
-                 so that every instance encodes with the same key",
-                t.sequence_store
-            )),
-            "redis" | "postgres" => {}
-            other => e.push(format!(
-                "tracking.sequence_store: '{other}' is not one of: embedded, redis, postgres"
-            )),
-        }
-        if t.sequence_store == "redis" {
-            let urls = t.redis_urls();
-            for u in &urls {
-                if redis::parse_redis_url(u).is_none() {
-                    e.push(format!(
-                        "tracking.redis_url: '{}' is not a redis:// URL",
-                        redact_url(u)
-                    ));
-                }
-            }
-            if urls.len() > 1 && !t.redis_cluster {
-                e.push(
-                    "tracking.redis_url: several URLs need tracking.redis_cluster = true".into(),
-                );
-            }
-            if t.redis_key_prefix.is_empty() || t.redis_key_prefix.contains(['{', '}', ' ']) {
-                e.push(
-                    "tracking.redis_key_prefix: must be non-empty, without braces or spaces".into(),
-                );
-            }
-            if !(1..=1024).contains(&t.redis_shards) {
-                e.push("tracking.redis_shards: must be between 1 and 1024".into());
-            }
-        }
-        if t.sequence_store == "postgres" {
-            if t.postgres_url.is_empty() {
-                e.push("tracking.postgres_url: required with the postgres sequence store".into());
-            } else if t.postgres_url.parse::<tokio_postgres::Config>().is_err() {
-                e.push("tracking.postgres_url: not a valid PostgreSQL connection string (value not shown)".into());
-            }
-            if t.postgres_segment.is_empty() {
-                e.push("tracking.postgres_segment: must not be empty".into());
-            }
-        }
-        if !t.permutation_key.is_empty() && PermutationKey::from_hex(&t.permutation_key).is_none() {
-            e.push(
-                "tracking.permutation_key: must be 32 hexadecimal digits (value not shown)".into(),
-            );
-        }
-        if t.block_min == 0 {
-            e.push("tracking.block_min: must be at least 1".into());
-        }
-        if t.block_max < t.block_min {
-            e.push(format!(
-                "tracking.block_max: {} is below tracking.block_min {}",
-                t.block_max, t.block_min
-            ));
-        }
-        if t.block_max > 100_000_000 {
-            e.push("tracking.block_max: at most 100000000".into());
-        }
-        let r = &self.records;
-        if !matches!(r.mode.as_str(), "async" | "durable" | "off") {
-            e.push(format!(
-                "records.mode: '{}' is not one of: async, durable, off",
-                r.mode
-            ));
-        }
-        if !r.postgres_url.is_empty() && r.postgres_url.parse::<tokio_postgres::Config>().is_err() {
-            e.push(
-                "records.postgres_url: not a valid PostgreSQL connection string (value not shown)"
-                    .into(),
-            );
-        }
-        for (key, v) in [
-            ("records.flush_interval_ms", r.flush_interval_ms),
-            ("records.batch_max", r.batch_max as u64),
-            ("records.queue_capacity", r.queue_capacity as u64),
-            ("records.wait_timeout_ms", r.wait_timeout_ms),
-        ] {
-            if v == 0 {
-                e.push(format!("{key}: must be greater than 0"));
-            }
-        }
+        self.server.validate(&mut e);
+        self.tracking.validate(&mut e);
+        self.records.validate(&mut e);
+        self.policy.validate(&mut e);
         if self.storage.data_dir.as_os_str().is_empty() {
             e.push("storage.data_dir: must not be empty".into());
         }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            e.push(format!(
-                "log.format: '{}' is not one of: text, json",
-                self.log.format
-            ));
-        }
-        self.policy.validate(&mut e);
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             e.push(format!(
                 "log.level: '{}' is not a valid log filter",
@@ -445,14 +382,203 @@ impl Settings {
             Err(ConfigError(e))
         }
     }
+}
 
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.server.listen.parse().expect("validated at load")
+/// Names the keys whose value is zero among those that must be positive.
+fn positive(e: &mut Vec<String>, checks: &[(&str, bool)]) {
+    for (key, is_zero) in checks {
+        if *is_zero {
+            e.push(format!("{key}: must be greater than 0"));
+        }
     }
+}
 
-    pub fn permutation_key(&self) -> Option<PermutationKey> {
-        PermutationKey::from_hex(&self.tracking.permutation_key)
+fn postgres_url_ok(url: &Secret) -> bool {
+    url.expose().parse::<tokio_postgres::Config>().is_ok()
+}
+
+impl ServerSettings {
+    fn validate(&self, e: &mut Vec<String>) {
+        if self.max_connections == 0 {
+            e.push("server.max_connections: must be at least 1".into());
+        }
+        if self.max_header_bytes < 8192 {
+            e.push("server.max_header_bytes: must be at least 8192".into());
+        }
+        if self.max_uri_bytes < 256 {
+            e.push("server.max_uri_bytes: must be at least 256".into());
+        }
+        positive(
+            e,
+            &[
+                (
+                    "server.header_read_timeout_ms",
+                    self.header_read_timeout.is_zero(),
+                ),
+                ("server.idle_timeout_ms", self.idle_timeout.is_zero()),
+                ("server.shutdown_grace_ms", self.shutdown_grace.is_zero()),
+            ],
+        );
     }
+}
+
+impl TrackingSettings {
+    fn validate(&self, e: &mut Vec<String>) {
+        positive(
+            e,
+            &[
+                ("tracking.wait_timeout_ms", self.wait_timeout.is_zero()),
+                ("tracking.store_timeout_ms", self.store_timeout.is_zero()),
+                ("tracking.block_target_ms", self.block_target.is_zero()),
+            ],
+        );
+        if self.sequence_store != SequenceStoreKind::Embedded && self.permutation_key.is_none() {
+            e.push(format!(
+                "tracking.permutation_key: required with the shared '{}' sequence store, \
+                 so that every instance encodes with the same key",
+                self.sequence_store.as_str()
+            ));
+        }
+        match self.sequence_store {
+            SequenceStoreKind::Embedded => {}
+            SequenceStoreKind::Redis => {
+                let urls = self.redis_urls();
+                for u in &urls {
+                    if redis::parse_redis_url(u).is_none() {
+                        e.push(format!(
+                            "tracking.redis_url: '{}' is not a redis:// URL",
+                            redact_url(u)
+                        ));
+                    }
+                }
+                if urls.len() > 1 && !self.redis_cluster {
+                    e.push(
+                        "tracking.redis_url: several URLs need tracking.redis_cluster = true"
+                            .into(),
+                    );
+                }
+                if self.redis_key_prefix.is_empty()
+                    || self.redis_key_prefix.contains(['{', '}', ' '])
+                {
+                    e.push(
+                        "tracking.redis_key_prefix: must be non-empty, without braces or spaces"
+                            .into(),
+                    );
+                }
+                if !(1..=1024).contains(&self.redis_shards) {
+                    e.push("tracking.redis_shards: must be between 1 and 1024".into());
+                }
+            }
+            SequenceStoreKind::Postgres => {
+                if self.postgres_url.is_empty() {
+                    e.push(
+                        "tracking.postgres_url: required with the postgres sequence store".into(),
+                    );
+                } else if !postgres_url_ok(&self.postgres_url) {
+                    e.push("tracking.postgres_url: not a valid PostgreSQL connection string (value not shown)".into());
+                }
+                if self.postgres_segment.is_empty() {
+                    e.push("tracking.postgres_segment: must not be empty".into());
+                }
+            }
+        }
+        if self.block_min == 0 {
+            e.push("tracking.block_min: must be at least 1".into());
+        }
+        if self.block_max < self.block_min {
+            e.push(format!(
+                "tracking.block_max: {} is below tracking.block_min {}",
+                self.block_max, self.block_min
+            ));
+        }
+        if self.block_max > 100_000_000 {
+            e.push("tracking.block_max: at most 100000000".into());
+        }
+    }
+}
+
+impl RecordsSettings {
+    fn validate(&self, e: &mut Vec<String>) {
+        if !self.postgres_url.is_empty() && !postgres_url_ok(&self.postgres_url) {
+            e.push(
+                "records.postgres_url: not a valid PostgreSQL connection string (value not shown)"
+                    .into(),
+            );
+        }
+        positive(
+            e,
+            &[
+                ("records.flush_interval_ms", self.flush_interval.is_zero()),
+                ("records.batch_max", self.batch_max == 0),
+                ("records.queue_capacity", self.queue_capacity == 0),
+                ("records.wait_timeout_ms", self.wait_timeout.is_zero()),
+            ],
+        );
+    }
+}
+
+impl PolicySettings {
+    fn validate(&self, e: &mut Vec<String>) {
+        if !self.database_url.is_empty() && !postgres_url_ok(&self.database_url) {
+            e.push("policy.database_url: not a PostgreSQL connection URL (value not shown)".into());
+        }
+        positive(
+            e,
+            &[
+                (
+                    "policy.refresh_interval_secs",
+                    self.refresh_interval.is_zero(),
+                ),
+                ("policy.retry_ms", self.retry.is_zero()),
+                ("policy.connect_timeout_ms", self.connect_timeout.is_zero()),
+                ("policy.load_timeout_secs", self.load_timeout.is_zero()),
+            ],
+        );
+        if self
+            .api_keys
+            .iter()
+            .any(|k| k.expose().len() < 16 || k.expose().bytes().any(|b| !b.is_ascii_graphic()))
+        {
+            e.push(
+                "policy.api_keys: every key must be at least 16 printable ASCII characters without spaces (values not shown)"
+                    .into(),
+            );
+        }
+        if self.page_size_max == 0 || self.page_size_max > 100_000 {
+            e.push("policy.page_size_max: must be between 1 and 100000".into());
+        }
+        if self.page_size_default == 0 || self.page_size_default > self.page_size_max {
+            e.push(format!(
+                "policy.page_size_default: must be between 1 and policy.page_size_max ({})",
+                self.page_size_max
+            ));
+        }
+    }
+}
+
+/// Deserializes the merged table into [`Settings`], naming every value that does not fit its
+/// key's type: each failing key is reported, put back to its default, and the rest tried again.
+fn typed(mut merged: Table, defaults: &Table, errors: &mut Vec<String>) -> Option<Settings> {
+    for _ in 0..=count_keys(defaults) {
+        match serde_path_to_error::deserialize::<_, Settings>(Value::Table(merged.clone())) {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                let path = e.path().to_string();
+                errors.push(format!("{path}: {}", e.inner().message()));
+                // A path that is not a section's key cannot be reset: give up with what is known.
+                let (section, key) = path.split_once('.')?;
+                let d = defaults.get(section)?.get(key)?.clone();
+                set(&mut merged, section, key, d);
+            }
+        }
+    }
+    None
+}
+
+fn count_keys(t: &Table) -> usize {
+    t.values()
+        .map(|v| v.as_table().map_or(1, |s| s.len()))
+        .sum()
 }
 
 /// A URL with any password replaced, for logs.
@@ -465,10 +591,6 @@ pub fn redact_url(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
-}
-
-pub fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
 }
 
 /// Merges a file's table over the current one, rejecting unknown sections and keys.
@@ -546,15 +668,17 @@ mod tests {
     #[test]
     fn defaults_load_and_validate() {
         let s = Settings::load_from(None, env(&[]), &Overrides::default()).unwrap();
-        assert_eq!(s.server.listen, "127.0.0.1:8080");
-        assert_eq!(s.tracking.sequence_store, "embedded");
+        assert_eq!(s.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.tracking.sequence_store, SequenceStoreKind::Embedded);
+        assert_eq!(s.records.mode, RecordsMode::Async);
+        assert_eq!(s.tracking.wait_timeout, Duration::from_secs(1));
+        assert_eq!(s.policy.refresh_interval, Duration::from_secs(300));
     }
 
     #[test]
     fn layers_apply_in_order() {
-        let dir = std::env::temp_dir().join(format!("trackd-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("c.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
         std::fs::write(
             &file,
             "[server]\nlisten = \"127.0.0.1:9000\"\nmax_connections = 5\n",
@@ -568,6 +692,7 @@ mod tests {
                     "TRACKD_TRACKING__PERMUTATION_KEY",
                     "00112233445566778899aabbccddeeff",
                 ),
+                ("TRACKD_RECORDS__MODE", "durable"),
                 ("OTHER", "x"),
             ]),
             &Overrides {
@@ -576,12 +701,12 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(s.server.listen, "127.0.0.1:9000");
+        assert_eq!(s.server.listen.port(), 9000);
         assert_eq!(s.server.max_connections, 7);
+        assert_eq!(s.records.mode, RecordsMode::Durable);
         assert_eq!(s.storage.data_dir, PathBuf::from("/tmp/x"));
-        assert!(s.permutation_key().is_some());
+        assert!(s.tracking.permutation_key.is_some());
         assert!(!format!("{s:?}").contains("00112233"), "key never printed");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -606,6 +731,8 @@ mod tests {
                 ("TRACKD_TRACKING__BLOCK_MIN", "10"),
                 ("TRACKD_TRACKING__BLOCK_MAX", "5"),
                 ("TRACKD_TRACKING__PERMUTATION_KEY", "secret-but-bad"),
+                ("TRACKD_TRACKING__SEQUENCE_STORE", "memcached"),
+                ("TRACKD_RECORDS__MODE", "sometimes"),
                 ("TRACKD_LOG__FORMAT", "xml"),
             ]),
             &Overrides::default(),
@@ -616,6 +743,8 @@ mod tests {
             "server.listen",
             "tracking.block_max",
             "tracking.permutation_key",
+            "tracking.sequence_store",
+            "records.mode",
             "log.format",
         ] {
             assert!(text.contains(key), "{key} missing in {text}");
@@ -628,9 +757,8 @@ mod tests {
 
     #[test]
     fn file_with_unknown_or_mistyped_keys_is_rejected() {
-        let dir = std::env::temp_dir().join(format!("trackd-cfg2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("c.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
         std::fs::write(
             &file,
             "[server]\nlisten = 80\nlistn = \"x\"\n[nope]\na = 1\n",
@@ -645,6 +773,15 @@ mod tests {
                 && text.contains("[nope]"),
             "{text}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn secrets_print_redacted() {
+        assert_eq!(format!("{:?}", Secret::from("hunter2-hunter2")), "<secret>");
+        assert_eq!(
+            format!("{:?}", Secret::from("postgres://u:pw@h/db")),
+            "\"postgres://u:***@h/db\""
+        );
+        assert_eq!(format!("{:?}", Secret::default()), "\"\"");
     }
 }

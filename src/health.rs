@@ -1,8 +1,11 @@
-//! Readiness: a list of independent checks (tracking numbers, records, policies), combined with the draining flag into `/readyz`'s answer.
-//! Liveness (`/healthz`) needs no check: answering at all is the signal.
+//! Health: readiness is a list of independent checks (tracking numbers, records, policies),
+//! combined with the draining flag into `/readyz`'s answer; liveness (`/healthz`) fails only
+//! when a supervised actor is gone for good (its supervisor gave up restarting it), since then
+//! only a new process helps.
 
 use crate::policy::PolicyCache;
 use crate::records::writer::{Mode, Recorder};
+use crate::supervise::Health;
 use crate::tracking::allocator::Allocator;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
@@ -95,20 +98,23 @@ impl ReadinessCheck for TrackingReadiness {
         let a = &self.0;
         let buffered = a.buffered();
         let healthy = a.store_healthy();
-        let ok = buffered > 0 || healthy;
+        let given_up = a.health().given_up();
+        let ok = a.is_ready();
         CheckReport {
             ok,
-            reason: (!ok).then(|| {
-                format!(
+            reason: (!ok).then(|| match &given_up {
+                Some(why) => why.clone(),
+                None => format!(
                     "no numbers in hand and the {} sequence store is failing: {}",
                     a.store_kind(),
                     a.last_error().unwrap_or_else(|| "unknown error".into())
-                )
+                ),
             }),
             detail: json!({
                 "store": a.store_kind(),
                 "store_healthy": healthy,
                 "buffered_numbers": buffered,
+                "allocator_restarts": a.health().restarts(),
                 "store_detail": a.store_report(),
             }),
         }
@@ -151,6 +157,26 @@ impl ReadinessCheck for RecordsReadiness {
                 "idempotency_store": self.idempotency,
             }),
         }
+    }
+}
+
+/// Whether the process is alive: every supervised actor still runs (or is being restarted).
+#[derive(Default)]
+pub struct Liveness {
+    actors: Vec<Arc<Health>>,
+}
+
+impl Liveness {
+    pub fn new(actors: impl IntoIterator<Item = Arc<Health>>) -> Self {
+        Self {
+            actors: actors.into_iter().collect(),
+        }
+    }
+
+    /// `Err(reasons)` once any supervised actor is gone for good.
+    pub fn check(&self) -> Result<(), Vec<String>> {
+        let dead: Vec<String> = self.actors.iter().filter_map(|h| h.given_up()).collect();
+        if dead.is_empty() { Ok(()) } else { Err(dead) }
     }
 }
 

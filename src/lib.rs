@@ -1,29 +1,35 @@
 //! trackd: issues unique tracking numbers for parcel orders and serves customer insurance
 //! policies, over HTTP.
 //!
-//! Module map:
-//! - [`app`]: builds the application from settings and runs it until shutdown.
-//! - [`config`]: layered, validated configuration (`config/default.toml`, file, `TRACKD_*`).
-//! - [`http`]: the hyper server loop and its limits, routing, responses, route handlers.
-//! - [`tracking`]: the number format ([`tracking::number`]), the keyed permutation
-//!   ([`tracking::permute`]), order validation ([`tracking::order`]), the allocator actor
-//!   ([`tracking::allocator`]) and the sequence stores ([`tracking::store`]).
-//! - [`records`]: issuance records (writer task, PostgreSQL and embedded record stores).
-//! - [`idempotency`]: `Idempotency-Key` replay in Redis or the embedded store.
+//! Module map, from the top layer down (a module imports only from below it):
+//! - [`cli`]: the operator commands (`check`, `seq`, `db`) behind `main.rs`.
+//! - [`app`]: composes the subsystems from settings and runs them until shutdown.
+//! - [`http`]: the hyper server and its limits, the route table, handlers, the error path.
+//! - [`health`]: readiness and liveness checks behind `/readyz` and `/healthz`.
+//! - [`issue`]: issuing numbers end to end (allocator, records, idempotency keys).
+//! - [`records`]: issuance records (writer, embedded journal and index, PostgreSQL), lookups.
+//! - [`idempotency`]: `Idempotency-Key` replay in Redis, PostgreSQL or the embedded file.
+//! - [`tracking`]: the number format, the keyed permutation, order validation, the allocator
+//!   actor and the sequence stores.
 //! - [`policy`]: customer insurance policies served from an in-memory snapshot loaded from
-//!   PostgreSQL (or the bundled sample data), its loader actor, dump writers, migrations, seed.
-//! - [`telemetry`]: log set-up.
-//! - [`metrics`]: every exported metric, named and described in one place.
-//! - [`health`]: composable readiness checks behind `/readyz`.
+//!   PostgreSQL (or the bundled sample data) by a loader actor; dumps, migrations, seeding.
+//! - [`supervise`]: restarts of the long-lived actors.
+//! - [`config`], [`metrics`], [`telemetry`]: typed settings, every exported metric, logs.
+//! - [`support`]: one of each shared helper (backoff, lazy connections, PostgreSQL and Redis
+//!   connections, RFC 3339, query strings, random ids).
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod health;
 pub mod http;
 pub mod idempotency;
+pub mod issue;
 pub mod metrics;
 pub mod policy;
 pub mod records;
+pub mod supervise;
+pub mod support;
 pub mod telemetry;
 pub mod tracking;

@@ -39,7 +39,7 @@ pub const RECORD_BATCH_WRITE: &str = "trackd_records_batch_write_seconds";
 // Process
 pub const BUILD_INFO: &str = "trackd_build_info";
 pub const READY: &str = "trackd_ready";
-// Policy cache (recorded by the policy module)
+// Policy cache
 pub const POLICY_CACHE_ENTRIES: &str = "trackd_policy_cache_entries";
 pub const POLICY_CACHE_LOAD_DURATION: &str = "trackd_policy_cache_load_duration_seconds";
 pub const POLICY_CACHE_LAST_LOAD: &str = "trackd_policy_cache_last_load_timestamp_seconds";
@@ -439,6 +439,28 @@ pub struct RecordsSnapshot {
     pub batches: u64,
     pub failures: u64,
     pub queued: u64,
+}
+
+/// A policy cache snapshot was published: its row counts by kind, and how long it took.
+pub fn policy_cache_loaded(counts: &[(&'static str, usize)], load_time: Duration) {
+    for (kind, n) in counts {
+        gauge!(POLICY_CACHE_ENTRIES, "kind" => *kind).set(*n as f64);
+    }
+    histogram!(POLICY_CACHE_LOAD_DURATION).record(load_time.as_secs_f64());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    gauge!(POLICY_CACHE_LAST_LOAD).set(now);
+}
+
+/// A policy cache refresh failed (the last good snapshot keeps serving).
+pub fn policy_cache_refresh_failed() {
+    counter!(POLICY_CACHE_REFRESH_FAILURES).increment(1);
+}
+
+/// One dump of `bytes` bytes was produced (`format` is `csv`, `json` or `xlsx`).
+pub fn policy_dump(format: &'static str, bytes: usize) {
+    counter!(POLICY_DUMP_BYTES, "format" => format).increment(bytes as u64);
 }
 
 pub fn refresh_records(s: &RecordsSnapshot) {

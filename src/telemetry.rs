@@ -1,6 +1,6 @@
 //! Log set-up: `tracing` with a filter from the configuration (or `RUST_LOG`), as text or JSON.
 
-use crate::config::LogSettings;
+use crate::config::{LogFormat, LogSettings};
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber; a second call (tests) is a no-op.
@@ -14,7 +14,7 @@ pub fn init(log: &LogSettings) {
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let _ = if log.format == "json" {
+    let _ = if log.format == LogFormat::Json {
         builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()

@@ -1,65 +1,18 @@
-//! Per-request observation: the route template of a path, the `X-Request-Id` (a sane incoming
-//! one is kept, otherwise one is generated), and on completion the request metrics and one
-//! access-log line at debug level (method, route template, status, duration, request id; never
-//! the query string or any other customer data).
+//! Per-request observation: the `X-Request-Id` (a sane incoming one is kept, otherwise one is
+//! generated), and on completion the request metrics and one access-log line at debug level
+//! (method, route template, status, duration, request id; never the query string or any
+//! other customer data).
 
+use super::route::{Route, TEMPLATES};
 use crate::metrics::{HttpMetrics, method_index};
+use hyper::Response;
 use hyper::header::{HeaderName, HeaderValue};
-use hyper::{Request, Response};
+use hyper::http::request::Parts;
 use std::cell::Cell;
 use std::time::Instant;
 
 /// `X-Request-Id`, as a ready-made header name (no parsing per request).
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Route templates, the only values of the `route` label. The last one covers every path that
-/// matches no route.
-pub const ROUTES: &[&str] = &[
-    "/api/next-tracking-number/",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/openapi.json",
-    "/customer_insurance/user_list/",
-    "/customer_insurance/user_policy/{user_id}/",
-    "/customer_insurance/policy_detail/{policy_id}/",
-    "/customer_insurance/user_policy_dump/{user_id}/{format}/",
-    "/api/tracking-numbers",
-    "/api/tracking-numbers/{tracking_number}",
-    UNMATCHED,
-];
-pub const UNMATCHED: &str = "unmatched";
-
-/// Index in [`ROUTES`] of the template `path` falls under (with or without trailing slash).
-pub fn route_index(path: &str) -> usize {
-    let p = path.strip_suffix('/').unwrap_or(path);
-    let unmatched = ROUTES.len() - 1;
-    match p {
-        "/api/next-tracking-number" => 0,
-        "/healthz" => 1,
-        "/readyz" => 2,
-        "/metrics" => 3,
-        "/openapi.json" => 4,
-        "/customer_insurance/user_list" => 5,
-        "/api/tracking-numbers" => 9,
-        _ if p.starts_with("/api/tracking-numbers/") => 10,
-        _ => {
-            let Some(rest) = p.strip_prefix("/customer_insurance/") else {
-                return unmatched;
-            };
-            let segments = |r: &str| r.split('/').filter(|s| !s.is_empty()).count();
-            if let Some(r) = rest.strip_prefix("user_policy_dump/") {
-                if segments(r) == 2 { 8 } else { unmatched }
-            } else if let Some(r) = rest.strip_prefix("user_policy/") {
-                if segments(r) == 1 { 6 } else { unmatched }
-            } else if let Some(r) = rest.strip_prefix("policy_detail/") {
-                if segments(r) == 1 { 7 } else { unmatched }
-            } else {
-                unmatched
-            }
-        }
-    }
-}
 
 /// A request id is kept when it is 1 to 128 visible ASCII characters.
 pub fn sane_request_id(v: &HeaderValue) -> bool {
@@ -73,16 +26,7 @@ thread_local! {
 }
 
 fn thread_prefix() -> u64 {
-    let mut b = [0u8; 8];
-    if getrandom::fill(&mut b).is_err() {
-        // No entropy source: fall back to the clock and thread identity (still unique enough
-        // for correlating logs).
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        b = (t ^ (std::process::id() as u64) << 32).to_le_bytes();
-    }
-    u64::from_le_bytes(b)
+    crate::support::random::u64()
 }
 
 /// A new request id: 16 hex digits of a per-thread random prefix, `-`, a per-thread counter.
@@ -114,13 +58,13 @@ pub struct Observation {
 }
 
 impl Observation {
-    pub fn start<B>(req: &Request<B>) -> Self {
+    pub fn start(req: &Parts, route: Route<'_>) -> Self {
         Self {
             started: Instant::now(),
-            route: route_index(req.uri().path()),
-            method: method_index(req.method()),
+            route: route.index(),
+            method: method_index(&req.method),
             request_id: req
-                .headers()
+                .headers
                 .get(&REQUEST_ID)
                 .filter(|v| sane_request_id(v))
                 .cloned(),
@@ -136,7 +80,7 @@ impl Observation {
         tracing::debug!(
             target: "trackd::access",
             method = crate::metrics::METHODS[self.method],
-            route = ROUTES[self.route],
+            route = TEMPLATES[self.route],
             status,
             duration_us = elapsed.as_micros() as u64,
             request_id = id.to_str().unwrap_or(""),
@@ -149,37 +93,6 @@ impl Observation {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_map_to_templates_never_to_ids() {
-        let t = |p| ROUTES[route_index(p)];
-        assert_eq!(
-            t("/api/next-tracking-number/"),
-            "/api/next-tracking-number/"
-        );
-        assert_eq!(t("/api/next-tracking-number"), "/api/next-tracking-number/");
-        assert_eq!(t("/metrics"), "/metrics");
-        assert_eq!(
-            t("/customer_insurance/user_policy/42/"),
-            "/customer_insurance/user_policy/{user_id}/"
-        );
-        assert_eq!(
-            t("/customer_insurance/user_policy_dump/42/CSV"),
-            "/customer_insurance/user_policy_dump/{user_id}/{format}/"
-        );
-        assert_eq!(
-            t("/customer_insurance/policy_detail/7/"),
-            "/customer_insurance/policy_detail/{policy_id}/"
-        );
-        assert_eq!(t("/customer_insurance/user_policy/1/2/3"), UNMATCHED);
-        assert_eq!(t("/MYID7K2Q9XW4LB0T"), UNMATCHED);
-        assert_eq!(t("/api/tracking-numbers/"), "/api/tracking-numbers");
-        assert_eq!(
-            t("/api/tracking-numbers/MYID7K2Q9XW4LB0T"),
-            "/api/tracking-numbers/{tracking_number}"
-        );
-        assert_eq!(t("/"), UNMATCHED);
-    }
 
     #[test]
     fn request_ids_are_checked_and_generated_unique() {

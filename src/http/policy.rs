@@ -2,68 +2,27 @@
 //! snapshot (no actor round trip, no database query per request). Success bodies are
 //! `{"data": …, "status": true}`; errors `{"data": "<message>", "status": false}`.
 
-use super::query::{Param, Query};
-use super::response::{self, Body};
-use crate::app::AppState;
+use super::error::{ApiError, Handled};
+use super::response::{self, Body, Envelope};
+use super::route::Route;
+use super::state::AppState;
 use crate::policy::cache::Snapshot;
 use crate::policy::export::{self, DumpFormat, DumpRow};
 use crate::policy::model::{self, PolicyDetailJson, Timestamp};
+use crate::support::form::{Param, Query};
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::http::request::Parts;
+use hyper::{Response, StatusCode};
 use serde::Serialize;
 use std::sync::Arc;
-
-pub const PREFIX: &str = "/customer_insurance/";
 
 /// Users serialised per chunk of the streamed `user_list/`.
 const STREAM_BATCH: usize = 512;
 /// Dumps with more rows than this are rendered on the blocking pool (XLSX always is).
 const INLINE_DUMP_ROWS: usize = 256;
-
-/// The routes, matched on the path after [`PREFIX`] without its trailing slash.
-enum Route<'p> {
-    UserList,
-    UserPolicy(&'p str),
-    PolicyDetail(&'p str),
-    Dump(&'p str, &'p str),
-}
-
-impl<'p> Route<'p> {
-    fn parse(rest: &'p str) -> Option<Self> {
-        let mut it = rest.split('/');
-        let r = match (it.next()?, it.next(), it.next()) {
-            ("user_list", None, _) => Route::UserList,
-            ("user_policy", Some(id), None) => Route::UserPolicy(id),
-            ("policy_detail", Some(id), None) => Route::PolicyDetail(id),
-            ("user_policy_dump", Some(id), Some(f)) => Route::Dump(id, f),
-            _ => return None,
-        };
-        if it.next().is_some() {
-            return None;
-        }
-        Some(r)
-    }
-}
-
-#[derive(Serialize)]
-struct Envelope<T> {
-    data: T,
-    status: bool,
-}
-
-/// `{"data": msg, "status": false}` with a status code.
-pub fn error(status: StatusCode, msg: &str) -> Response<Body> {
-    response::json(
-        status,
-        &Envelope {
-            data: msg,
-            status: false,
-        },
-    )
-}
 
 fn ok(data: impl Serialize) -> Response<Body> {
     let mut buf = Vec::with_capacity(512);
@@ -71,7 +30,7 @@ fn ok(data: impl Serialize) -> Response<Body> {
         Ok(()) => response::json_bytes(StatusCode::OK, buf),
         Err(e) => {
             tracing::error!(error = %e, "policy response serialisation failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.")
+            response::envelope_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.")
         }
     }
 }
@@ -84,105 +43,93 @@ fn parse_id(raw: &str) -> Option<i64> {
     raw.parse::<i64>().ok()
 }
 
-fn bad_id(name: &str) -> Response<Body> {
-    error(
-        StatusCode::BAD_REQUEST,
-        &format!(
-            "{name} must be a non-negative integer (at most {}).",
-            i64::MAX
-        ),
-    )
+fn bad_request(msg: impl Into<std::borrow::Cow<'static, str>>) -> ApiError {
+    ApiError::Policy(StatusCode::BAD_REQUEST, msg.into())
 }
 
-/// Answers a path under [`PREFIX`] (trailing slash already removed); `None` when no route
-/// matches (the caller answers 404 `{"detail":"Not found."}`).
-pub async fn handle<B>(req: &Request<B>, rest: &str, state: &AppState) -> Option<Response<Body>> {
-    let route = Route::parse(rest)?;
-    let method = req.method();
-    if method != Method::GET && method != Method::HEAD {
-        return Some(response::method_not_allowed(method, "GET, HEAD"));
-    }
+fn bad_id(name: &str) -> ApiError {
+    bad_request(format!(
+        "{name} must be a non-negative integer (at most {}).",
+        i64::MAX
+    ))
+}
+
+fn id(raw: &str, name: &str) -> Result<i64, ApiError> {
+    parse_id(raw).ok_or_else(|| bad_id(name))
+}
+
+/// Answers one of the customer-insurance routes (method already checked).
+pub async fn handle(route: Route<'_>, parts: &Parts, state: &AppState) -> Handled {
     let policy = &state.policy;
     if !policy.authorized(
-        req.headers()
+        parts
+            .headers
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes),
     ) {
-        let mut r = error(
+        return Err(ApiError::Policy(
             StatusCode::UNAUTHORIZED,
-            "Authentication required: send a valid API key as `Authorization: Bearer <key>`.",
-        );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return Some(r);
+            "Authentication required: send a valid API key as `Authorization: Bearer <key>`."
+                .into(),
+        ));
     }
     // A guard, not an `Arc` clone: no shared reference-count traffic on the lookup routes.
     let guard = policy.cache.guard();
     let Some(snap) = guard.as_ref() else {
-        let mut r = error(
+        return Err(ApiError::Policy(
             StatusCode::SERVICE_UNAVAILABLE,
-            "The policy cache has not been loaded yet; retry shortly.",
-        );
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(state.retry_after_secs),
-        );
-        return Some(r);
+            "The policy cache has not been loaded yet; retry shortly.".into(),
+        ));
     };
-    Some(match route {
-        Route::UserList => user_list(req.uri().query(), snap, state),
-        Route::UserPolicy(id) => match parse_id(id) {
-            Some(id) => user_policy(snap, id),
-            None => bad_id("user_id"),
-        },
-        Route::PolicyDetail(id) => match parse_id(id) {
-            Some(id) => policy_detail(snap, id),
-            None => bad_id("policy_id"),
-        },
-        Route::Dump(id, format) => {
+    match route {
+        Route::UserList => user_list(parts.uri.query(), snap, state),
+        Route::UserPolicy(raw) => user_policy(snap, id(raw, "user_id")?),
+        Route::PolicyDetail(raw) => policy_detail(snap, id(raw, "policy_id")?),
+        Route::Dump(raw, format) => {
             // The dump may wait for the blocking pool: hold an `Arc`, not the guard.
             let snap = Arc::clone(snap);
             drop(guard);
-            let Some(id) = parse_id(id) else {
-                return Some(bad_id("user_id"));
-            };
-            let Some(format) = DumpFormat::parse(format) else {
-                return Some(error(
-                    StatusCode::BAD_REQUEST,
-                    "format must be one of: csv, json, xlsx.",
-                ));
-            };
-            dump(snap, id, format).await
+            let user = id(raw, "user_id")?;
+            let format = DumpFormat::parse(format)
+                .ok_or_else(|| bad_request("format must be one of: csv, json, xlsx."))?;
+            dump(snap, user, format).await
         }
-    })
+        _ => Err(ApiError::NoRoute),
+    }
 }
 
-fn user_not_found(id: i64) -> Response<Body> {
-    error(StatusCode::NOT_FOUND, &format!("No user with id {id}."))
+fn user_not_found(id: i64) -> ApiError {
+    ApiError::Policy(
+        StatusCode::NOT_FOUND,
+        format!("No user with id {id}.").into(),
+    )
 }
 
-fn user_policy(snap: &Snapshot, id: i64) -> Response<Body> {
+fn user_policy(snap: &Snapshot, id: i64) -> Handled {
     let Some(i) = snap.user_index(id) else {
-        return user_not_found(id);
+        return Err(user_not_found(id));
     };
     let mut buf = Vec::with_capacity(64 + snap.user_policies(i).len() * 256);
     buf.extend_from_slice(b"{\"data\":");
     model::write_user_policies(&mut buf, snap, i);
     buf.extend_from_slice(b",\"status\":true}");
-    response::json_bytes(StatusCode::OK, buf)
+    Ok(response::json_bytes(StatusCode::OK, buf))
 }
 
-fn policy_detail(snap: &Snapshot, id: i64) -> Response<Body> {
+fn policy_detail(snap: &Snapshot, id: i64) -> Handled {
     match snap.policy(id) {
-        Some(p) => ok([PolicyDetailJson::new(snap, p)]),
-        None => error(StatusCode::NOT_FOUND, &format!("No policy with id {id}.")),
+        Some(p) => Ok(ok([PolicyDetailJson::new(snap, p)])),
+        None => Err(ApiError::Policy(
+            StatusCode::NOT_FOUND,
+            format!("No policy with id {id}.").into(),
+        )),
     }
 }
 
-fn user_list(query: Option<&str>, snap: &Arc<Snapshot>, state: &AppState) -> Response<Body> {
+fn user_list(query: Option<&str>, snap: &Arc<Snapshot>, state: &AppState) -> Handled {
     let q = Query::parse(query);
     let policy = &state.policy;
-    let bad = |msg: String| error(StatusCode::BAD_REQUEST, &msg);
+    let bad = |msg: String| Err(bad_request(msg));
     let limit = match q.get("limit") {
         Param::Missing => None,
         Param::Value(v) => match v.parse::<usize>() {
@@ -206,13 +153,13 @@ fn user_list(query: Option<&str>, snap: &Arc<Snapshot>, state: &AppState) -> Res
         Param::Missing => None,
         Param::Value(v) => match parse_id(v) {
             Some(v) => Some(v),
-            None => return bad_id("after_id"),
+            None => return Err(bad_id("after_id")),
         },
         Param::Repeated => return bad("after_id is given more than once.".into()),
         Param::NotUtf8 => return bad("after_id is not valid UTF-8.".into()),
     };
     if limit.is_none() && after_id.is_none() {
-        return stream_all_users(Arc::clone(snap));
+        return Ok(stream_all_users(Arc::clone(snap)));
     }
     let limit = limit.unwrap_or(policy.page_size_default);
     let start = snap.first_user_after(after_id);
@@ -232,7 +179,7 @@ fn user_list(query: Option<&str>, snap: &Arc<Snapshot>, state: &AppState) -> Res
         None => buf.extend_from_slice(b"null"),
     }
     buf.push(b'}');
-    response::json_bytes(StatusCode::OK, buf)
+    Ok(response::json_bytes(StatusCode::OK, buf))
 }
 
 /// Every user, in id order, as a chunked body serialised batch by batch from the snapshot
@@ -308,9 +255,9 @@ fn render(snap: &Snapshot, i: usize, format: DumpFormat) -> Result<Vec<u8>, expo
     format.render(&dump_rows(snap, i))
 }
 
-async fn dump(snap: Arc<Snapshot>, id: i64, format: DumpFormat) -> Response<Body> {
+async fn dump(snap: Arc<Snapshot>, id: i64, format: DumpFormat) -> Handled {
     let Some(i) = snap.user_index(id) else {
-        return user_not_found(id);
+        return Err(user_not_found(id));
     };
     let disposition = export::content_disposition(id, snap.user(i).first_name, format.ext());
     let rendered = if format == DumpFormat::Xlsx || snap.user_policies(i).len() > INLINE_DUMP_ROWS {
@@ -319,7 +266,10 @@ async fn dump(snap: Arc<Snapshot>, id: i64, format: DumpFormat) -> Response<Body
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "dump task failed");
-                return error(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.");
+                return Err(ApiError::Policy(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal server error.".into(),
+                ));
             }
         }
     } else {
@@ -330,13 +280,13 @@ async fn dump(snap: Arc<Snapshot>, id: i64, format: DumpFormat) -> Response<Body
         Err(e) => {
             // The message names the writer's problem, never the user's data.
             tracing::error!(user_id = id, format = format.ext(), error = %e, "dump failed");
-            return error(
+            return Err(ApiError::Policy(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "The file could not be produced.",
-            );
+                "The file could not be produced.".into(),
+            ));
         }
     };
-    crate::policy::record_dump_bytes(format.ext(), bytes.len());
+    crate::metrics::policy_dump(format.ext(), bytes.len());
     let mut r = Response::new(response::full(bytes));
     let h = r.headers_mut();
     h.insert(
@@ -353,31 +303,12 @@ async fn dump(snap: Arc<Snapshot>, id: i64, format: DumpFormat) -> Response<Body
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-store"),
     );
-    r
+    Ok(r)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes_parse() {
-        assert!(matches!(Route::parse("user_list"), Some(Route::UserList)));
-        assert!(matches!(
-            Route::parse("user_policy/12"),
-            Some(Route::UserPolicy("12"))
-        ));
-        assert!(matches!(
-            Route::parse("user_policy_dump/1/CSV"),
-            Some(Route::Dump("1", "CSV"))
-        ));
-        assert!(Route::parse("user_list/4").is_none());
-        assert!(Route::parse("user_policy").is_none());
-        assert!(Route::parse("user_policy/1/2").is_none());
-        assert!(Route::parse("user_policy_dump/1").is_none());
-        assert!(Route::parse("user_policy_dump/1/csv/x").is_none());
-        assert!(Route::parse("nope").is_none());
-    }
 
     #[test]
     fn ids_parse_strictly() {

@@ -1,21 +1,26 @@
-//! Routing: path (with or without trailing slash) and method to handler; 404, 405 and 414 as
-//! JSON; `Connection: close` on every response once the server is draining. Every request is
-//! observed (metrics, access log, `X-Request-Id`) by [`super::observe`].
+//! Dispatch: the request's [`Route`] (parsed once), its method check, the handler, and the
+//! one error path; `Connection: close` on every response once the server is draining. Every
+//! request is observed (metrics, access log, `X-Request-Id`) by [`super::observe`].
 
+use super::error::{ApiError, Handled};
 use super::observe::Observation;
-use super::response::{self, Body};
+use super::response::Body;
+use super::route::Route;
+use super::state::AppState;
 use super::{ops, policy, tracking};
-use crate::app::AppState;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use serde_json::json;
-use std::sync::atomic::Ordering;
+use hyper::{Request, Response};
 
 pub async fn handle(req: Request<Incoming>, state: &AppState) -> Response<Body> {
-    let observation = Observation::start(&req);
-    let mut resp = route(req, state).await;
-    if state.draining.load(Ordering::Relaxed) {
+    let (parts, body) = req.into_parts();
+    let route = Route::parse(parts.uri.path());
+    let observation = Observation::start(&parts, route);
+    let mut resp = match dispatch(route, &parts, body, state).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(state.retry_after_secs),
+    };
+    if state.is_draining() {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -23,59 +28,40 @@ pub async fn handle(req: Request<Incoming>, state: &AppState) -> Response<Body> 
     resp
 }
 
-async fn route(req: Request<Incoming>, state: &AppState) -> Response<Body> {
-    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+async fn dispatch(
+    route: Route<'_>,
+    parts: &hyper::http::request::Parts,
+    body: Incoming,
+    state: &AppState,
+) -> Handled {
+    let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > state.max_uri_bytes {
-        let msg = format!(
-            "Request URI is too long: {uri_len} bytes, at most {}.",
-            state.max_uri_bytes
-        );
-        return response::detail(StatusCode::URI_TOO_LONG, &msg);
+        return Err(ApiError::Status(
+            hyper::StatusCode::URI_TOO_LONG,
+            format!(
+                "Request URI is too long: {uri_len} bytes, at most {}.",
+                state.max_uri_bytes
+            )
+            .into(),
+        ));
     }
-    let path = req.uri().path();
-    let path = if path.len() > 1 {
-        path.strip_suffix('/').unwrap_or(path)
-    } else {
-        path
-    };
-    let method = req.method();
-    match path {
-        "/api/next-tracking-number" => {
-            if method != Method::GET {
-                return response::method_not_allowed(method, "GET");
-            }
-            tracking::next_tracking_number(req.uri().query(), req.headers(), state).await
-        }
-        "/api/tracking-numbers" => {
-            if method != Method::POST {
-                return response::method_not_allowed(method, "POST");
-            }
-            let (parts, body) = req.into_parts();
-            tracking::issue_batch(body, &parts.headers, state).await
-        }
-        _ if path.starts_with("/api/tracking-numbers/") => {
-            if let Some(r) = read_only(method) {
-                return r;
-            }
-            let number = &path["/api/tracking-numbers/".len()..];
-            tracking::lookup(number, state).await
-        }
-        "/healthz" => read_only(method)
-            .unwrap_or_else(|| response::json(StatusCode::OK, &json!({"status": "ok"}))),
-        "/readyz" => read_only(method).unwrap_or_else(|| ops::readiness(state)),
-        "/metrics" => read_only(method).unwrap_or_else(|| ops::metrics(state)),
-        "/openapi.json" => read_only(method).unwrap_or_else(ops::openapi),
-        p => match p.strip_prefix(policy::PREFIX) {
-            Some(rest) => policy::handle(&req, rest, state)
-                .await
-                .unwrap_or_else(response::not_found),
-            None => response::not_found(),
-        },
+    if route == Route::Unmatched {
+        return Err(ApiError::NoRoute);
     }
-}
-
-/// `None` for GET and HEAD (hyper drops the body of a HEAD response), else the 405.
-fn read_only(method: &Method) -> Option<Response<Body>> {
-    (method != Method::GET && method != Method::HEAD)
-        .then(|| response::method_not_allowed(method, "GET, HEAD"))
+    if !route.allows(&parts.method) {
+        return Err(ApiError::Method(parts.method.clone(), route.allow()));
+    }
+    match route {
+        Route::NextTrackingNumber => tracking::next_tracking_number(parts, state).await,
+        Route::IssueRun => tracking::issue_run(parts, body, state).await,
+        Route::Lookup(number) => tracking::lookup(number, state).await,
+        Route::Healthz => Ok(ops::liveness(state)),
+        Route::Readyz => Ok(ops::readiness(state)),
+        Route::Metrics => Ok(ops::metrics(state)),
+        Route::OpenApi => Ok(ops::openapi()),
+        Route::UserList | Route::UserPolicy(_) | Route::PolicyDetail(_) | Route::Dump(..) => {
+            policy::handle(route, parts, state).await
+        }
+        Route::Unmatched => Err(ApiError::NoRoute),
+    }
 }

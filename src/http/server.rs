@@ -2,7 +2,8 @@
 //! limits, idle keep-alive timeout, and graceful draining on shutdown.
 
 use super::router;
-use crate::app::AppState;
+use super::state::AppState;
+use crate::config::ServerSettings;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -28,6 +29,19 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
     pub shutdown_linger: Duration,
+}
+
+impl From<&ServerSettings> for Limits {
+    fn from(s: &ServerSettings) -> Self {
+        Self {
+            max_connections: s.max_connections,
+            max_header_bytes: s.max_header_bytes,
+            header_read_timeout: s.header_read_timeout,
+            idle_timeout: s.idle_timeout,
+            shutdown_grace: s.shutdown_grace,
+            shutdown_linger: s.shutdown_linger.min(s.shutdown_grace),
+        }
+    }
 }
 
 /// Serves until `shutdown` completes, then drains: stops accepting, lets in-flight requests

@@ -5,13 +5,13 @@
 
 use super::PolicyCache;
 use super::load::{self, LoadError};
-use futures_util::StreamExt;
+use crate::support::backoff::Backoff;
+use crate::support::pg;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, NoTls};
 
 /// The channel the migration's triggers notify.
 pub const CHANNEL: &str = "trackd_policy";
@@ -42,6 +42,7 @@ pub enum LoaderMsg {
     Refresh(Reason),
 }
 
+#[derive(Clone)]
 pub struct LoaderActor;
 
 pub struct LoaderState {
@@ -152,16 +153,15 @@ fn queue_refresh(me: &ActorRef<LoaderMsg>, queued: &AtomicBool, debounce: Durati
 /// Holds a `LISTEN trackd_policy` connection, reconnecting with backoff; every notification
 /// queues a refresh, and so does every reconnection (notifications may have been missed).
 async fn listen(args: LoaderArgs, me: ActorRef<LoaderMsg>, queued: Arc<AtomicBool>) {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     let mut first = true;
     loop {
         match listen_once(&args, &me, &queued, first).await {
-            Ok(()) => backoff = Duration::from_millis(250),
+            Ok(()) => backoff.reset(),
             Err(e) => tracing::debug!(error = %e, "policy LISTEN connection failed"),
         }
         first = false;
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
@@ -170,48 +170,21 @@ async fn listen_once(
     me: &ActorRef<LoaderMsg>,
     queued: &AtomicBool,
     first: bool,
-) -> Result<(), tokio_postgres::Error> {
-    let Ok(connected) = tokio::time::timeout(
-        args.connect_timeout,
-        tokio_postgres::connect(&args.url, NoTls),
-    )
-    .await
-    else {
-        tracing::debug!("policy LISTEN connection timed out");
-        return Ok(());
-    };
-    let (client, mut conn) = connected?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notification(n)) => {
-                    if tx.send(n.payload().to_owned()).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "policy LISTEN connection ended");
-                    break;
-                }
-            }
-        }
-    });
-    let result = async {
-        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-        tracing::debug!("listening for policy changes");
-        if !first {
-            queue_refresh(me, queued, args.debounce, Reason::Reconnect);
-        }
-        while let Some(table) = rx.recv().await {
-            tracing::debug!(table, "policy change notified");
-            queue_refresh(me, queued, args.debounce, Reason::Notify);
-        }
-        Ok(())
+) -> Result<(), String> {
+    let (client, mut notifications) = pg::connect_listening(&args.url, args.connect_timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .await
+        .map_err(|e| pg::message(&e))?;
+    tracing::debug!("listening for policy changes");
+    if !first {
+        queue_refresh(me, queued, args.debounce, Reason::Reconnect);
     }
-    .await;
-    driver.abort();
-    result
+    while let Some(table) = notifications.recv().await {
+        tracing::debug!(table, "policy change notified");
+        queue_refresh(me, queued, args.debounce, Reason::Notify);
+    }
+    Ok(())
 }

@@ -4,18 +4,19 @@
 //! builder: no per-row round trips, no intermediate row objects.
 
 use super::cache::{BuildError, Snapshot, SnapshotBuilder};
+use crate::support::pg;
 use futures_util::{StreamExt, pin_mut};
 use std::error::Error as StdError;
 use std::time::Duration;
 use tokio_postgres::binary_copy::{BinaryCopyOutRow, BinaryCopyOutStream};
 use tokio_postgres::types::{FromSql, Type};
-use tokio_postgres::{IsolationLevel, NoTls, Transaction};
+use tokio_postgres::{IsolationLevel, Transaction};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("connecting to PostgreSQL timed out")]
-    ConnectTimeout,
-    #[error("PostgreSQL: {}", super::pg_message(.0))]
+    #[error(transparent)]
+    Connect(#[from] pg::ConnectError),
+    #[error("PostgreSQL: {}", pg::message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("building the snapshot: {0}")]
     Build(#[from] BuildError),
@@ -45,15 +46,7 @@ impl<'a> FromSql<'a> for UnixMicros {
 
 /// Connects to `url` and loads a snapshot.
 pub async fn load(url: &str, connect_timeout: Duration) -> Result<Snapshot, LoadError> {
-    let (mut client, conn) =
-        tokio::time::timeout(connect_timeout, tokio_postgres::connect(url, NoTls))
-            .await
-            .map_err(|_| LoadError::ConnectTimeout)??;
-    let conn = tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "policy load connection ended");
-        }
-    });
+    let mut client = pg::connect(url, connect_timeout, "policy load").await?;
     let result = async {
         let tx = client
             .build_transaction()
@@ -67,7 +60,6 @@ pub async fn load(url: &str, connect_timeout: Duration) -> Result<Snapshot, Load
     }
     .await;
     drop(client);
-    let _ = conn.await;
     let builder = result?;
     tokio::task::spawn_blocking(move || builder.build())
         .await

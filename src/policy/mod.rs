@@ -1,8 +1,7 @@
 //! Customer insurance policies, served from memory: the snapshot and its indexes
 //! ([`cache`]), the route JSON shapes ([`model`]), the dump writers ([`export`]), loading from
 //! PostgreSQL ([`load`]) by the loader actor ([`actor`]), the bundled sample data
-//! ([`sample`]), schema migrations ([`migrate`]) and `trackd db seed` ([`seed`]). The metrics
-//! of the cache are defined here, in one place.
+//! ([`sample`]), schema migrations ([`migrate`]) and `trackd db seed` ([`seed`]).
 
 pub mod actor;
 pub mod cache;
@@ -14,10 +13,12 @@ pub mod sample;
 pub mod seed;
 
 use crate::config::PolicySettings;
+use crate::metrics;
+use crate::supervise::{self, Health};
 use arc_swap::ArcSwapOption;
-use cache::{Counts, Snapshot};
+use cache::Snapshot;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// The published snapshot: replaced whole by the loader, read lock-free by handlers.
 pub struct PolicyCache {
@@ -48,7 +49,16 @@ impl PolicyCache {
     }
 
     pub fn publish(&self, snap: Snapshot, load_time: Duration) {
-        record_load(snap.counts(), load_time);
+        let c = snap.counts();
+        metrics::policy_cache_loaded(
+            &[
+                ("users", c.users),
+                ("policies", c.policies),
+                ("categories", c.categories),
+                ("user_policies", c.user_policies),
+            ],
+            load_time,
+        );
         self.snapshot.store(Some(Arc::new(snap)));
         if let Ok(mut e) = self.last_error.lock() {
             *e = None;
@@ -56,7 +66,7 @@ impl PolicyCache {
     }
 
     pub fn record_failure(&self, error: &str) {
-        record_refresh_failure();
+        metrics::policy_cache_refresh_failed();
         if let Ok(mut e) = self.last_error.lock() {
             *e = Some(error.to_owned());
         }
@@ -90,7 +100,7 @@ impl PolicyService {
             api_keys: settings
                 .api_keys
                 .iter()
-                .map(|k| k.as_bytes().into())
+                .map(|k| k.expose().as_bytes().into())
                 .collect(),
             page_size_default: settings.page_size_default,
             page_size_max: settings.page_size_max,
@@ -125,24 +135,13 @@ impl PolicyService {
     }
 }
 
-/// A PostgreSQL error with the server's message when there is one (`Display` of
-/// `tokio_postgres::Error` says only "db error").
-pub fn pg_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => e.to_string(),
-    }
-}
+/// The loader's supervisor (its cell and task, to stop at shutdown) and the loader's health.
+pub type Loader = (ractor::ActorCell, tokio::task::JoinHandle<()>, Arc<Health>);
 
-/// The loader actor's cell and task, to stop at shutdown.
-pub type ActorHandle = (ractor::ActorCell, tokio::task::JoinHandle<()>);
-
-/// Starts the policy cache: with an empty `database_url` the bundled sample data is loaded
-/// at once; otherwise the loader actor is spawned and the cache fills in the background.
-pub async fn start(
-    settings: &PolicySettings,
-) -> Result<(PolicyService, Option<ActorHandle>), String> {
-    describe_metrics();
+/// Starts the policy cache of the configuration's `policy` section: with an empty
+/// `database_url` the bundled sample data is loaded at once; otherwise the loader actor is
+/// started (supervised) and the cache fills in the background.
+pub async fn start(settings: &PolicySettings) -> Result<(PolicyService, Option<Loader>), String> {
     if settings.database_url.is_empty() {
         let cache = Arc::new(PolicyCache::new("sample"));
         let started = std::time::Instant::now();
@@ -154,78 +153,18 @@ pub async fn start(
     }
     let cache = Arc::new(PolicyCache::new("postgres"));
     let args = actor::LoaderArgs {
-        url: settings.database_url.clone(),
+        url: settings.database_url.expose().to_owned(),
         cache: Arc::clone(&cache),
-        interval: Duration::from_secs(settings.refresh_interval_secs),
-        debounce: Duration::from_millis(settings.notify_debounce_ms),
-        retry: Duration::from_millis(settings.retry_ms),
-        connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
-        load_timeout: Duration::from_secs(settings.load_timeout_secs),
+        interval: settings.refresh_interval,
+        debounce: settings.notify_debounce,
+        retry: settings.retry,
+        connect_timeout: settings.connect_timeout,
+        load_timeout: settings.load_timeout,
     };
-    let (actor, handle) = ractor::Actor::spawn(None, actor::LoaderActor, args)
+    let loader = supervise::start("policy loader", actor::LoaderActor, args)
         .await
         .map_err(|e| format!("cannot start the policy loader: {e}"))?;
-    Ok((
-        PolicyService::new(cache, settings),
-        Some((actor.get_cell(), handle)),
-    ))
-}
-
-// ---- metrics: every policy metric is defined here ---------------------------------------
-
-const ENTRIES: &str = "trackd_policy_cache_entries";
-const LOAD_DURATION: &str = "trackd_policy_cache_load_duration_seconds";
-const LAST_LOAD: &str = "trackd_policy_cache_last_load_timestamp_seconds";
-const REFRESH_FAILURES: &str = "trackd_policy_cache_refresh_failures_total";
-const DUMP_BYTES: &str = "trackd_policy_dump_bytes_total";
-
-fn describe_metrics() {
-    use metrics::Unit;
-    metrics::describe_gauge!(ENTRIES, "Rows in the policy cache, by kind.");
-    metrics::describe_histogram!(
-        LOAD_DURATION,
-        Unit::Seconds,
-        "Time to load and index a policy cache snapshot."
-    );
-    metrics::describe_gauge!(
-        LAST_LOAD,
-        Unit::Seconds,
-        "Unix time of the last successful policy cache load."
-    );
-    metrics::describe_counter!(
-        REFRESH_FAILURES,
-        "Policy cache refreshes that failed (the last good snapshot stays)."
-    );
-    metrics::describe_counter!(
-        DUMP_BYTES,
-        Unit::Bytes,
-        "Bytes of user_policy_dump files served, by format."
-    );
-}
-
-fn record_load(c: Counts, load_time: Duration) {
-    for (kind, n) in [
-        ("users", c.users),
-        ("policies", c.policies),
-        ("categories", c.categories),
-        ("user_policies", c.user_policies),
-    ] {
-        metrics::gauge!(ENTRIES, "kind" => kind).set(n as f64);
-    }
-    metrics::histogram!(LOAD_DURATION).record(load_time.as_secs_f64());
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    metrics::gauge!(LAST_LOAD).set(now);
-}
-
-fn record_refresh_failure() {
-    metrics::counter!(REFRESH_FAILURES).increment(1);
-}
-
-/// Counts the bytes of one dump (`format` is `csv`, `json` or `xlsx`).
-pub fn record_dump_bytes(format: &'static str, bytes: usize) {
-    metrics::counter!(DUMP_BYTES, "format" => format).increment(bytes as u64);
+    Ok((PolicyService::new(cache, settings), Some(loader)))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ pub const POLICIES_PER_USER: u64 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
-    #[error("PostgreSQL: {}", super::pg_message(.0))]
+    #[error("PostgreSQL: {}", crate::support::pg::message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Sample(#[from] super::sample::SampleError),

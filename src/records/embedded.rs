@@ -5,7 +5,6 @@
 //! the indexer thread, off the writer's path.
 
 use super::journal::{self, Journal};
-use super::writer::BlockingSink;
 use super::{Batch, Entry, Fields, Record, RecordSink, SinkError, SinkFuture};
 use crate::tracking::number::TrackingNumber;
 use crate::tracking::permute::Permutation;
@@ -24,10 +23,6 @@ use std::time::Duration;
 pub const RECORD_GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("record_groups");
 const GROUP_BITS: u32 = 5;
 
-/// sequence number → the record's binary form ([`super::RecordRef::encode_into`]): how
-/// trackd 0.1 kept records before grouping; still read by lookups.
-pub const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records_by_seq");
-
 /// Opens (or creates) the data directory's redb file, shared by records and idempotency keys.
 pub fn open(data_dir: &Path) -> Result<Arc<Database>, String> {
     std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
@@ -35,11 +30,8 @@ pub fn open(data_dir: &Path) -> Result<Arc<Database>, String> {
     let db = Database::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     // Create the tables once so that readers never find them missing.
     let tx = db.begin_write().map_err(|e| e.to_string())?;
-    tx.open_table(RECORDS).map_err(|e| e.to_string())?;
     tx.open_table(RECORD_GROUPS).map_err(|e| e.to_string())?;
     tx.open_table(META).map_err(|e| e.to_string())?;
-    tx.open_table(crate::idempotency::IDEMPOTENCY)
-        .map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| e.to_string())?;
     Ok(Arc::new(db))
 }
@@ -162,7 +154,7 @@ impl Index {
     }
 
     /// The stored form of the record of `seq`: in the unapplied list first (a batch leaves
-    /// it only after its redb commit), then its group, then trackd 0.1's table.
+    /// it only after its redb commit), then its group.
     fn find(&self, seq: u64) -> Result<Option<Vec<u8>>, redb::Error> {
         let recent = self.unapplied().clone();
         if let Some(v) = recent.iter().rev().find_map(|b| b.find(seq)) {
@@ -178,12 +170,9 @@ impl Index {
                     seq >> GROUP_BITS
                 ))
             })?;
-            if let Some(v) = grouped.find(seq) {
-                return Ok(Some(v.to_vec()));
-            }
+            return Ok(grouped.find(seq).map(<[u8]>::to_vec));
         }
-        let legacy = tx.open_table(RECORDS)?.get(seq)?;
-        Ok(legacy.map(|v| v.value().to_vec()))
+        Ok(None)
     }
 
     fn unapplied(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Batch>>> {
@@ -341,10 +330,10 @@ impl EmbeddedRecords {
     }
 }
 
-impl BlockingSink for EmbeddedRecords {
+impl EmbeddedRecords {
     /// Journals the batch; it is committed when this returns. A retried batch is appended
     /// again: replaying it twice is harmless.
-    fn write_blocking(&self, batch: &Arc<Batch>) -> Result<(), SinkError> {
+    pub fn write_blocking(&self, batch: &Arc<Batch>) -> Result<(), SinkError> {
         let mut st = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         let full = st.journal.is_full_for(batch.as_bytes());
         let moved = full && !st.broken && st.journal.rotate_to_spare().map_err(unavailable)?;
@@ -389,8 +378,6 @@ impl BlockingSink for EmbeddedRecords {
 
 impl RecordSink for EmbeddedRecords {
     fn write(&self, batch: Arc<Batch>, _retry: bool) -> SinkFuture<'_, ()> {
-        // The recorder writes through `write_blocking` on its own threads; this is the same
-        // on the blocking pool.
         Box::pin(async move {
             let this = self.clone();
             tokio::task::spawn_blocking(move || this.write_blocking(&batch))

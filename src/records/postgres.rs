@@ -3,6 +3,8 @@
 //! `ON CONFLICT DO NOTHING`, since the failed attempt may have committed).
 
 use super::{Batch, Fields, Record, RecordSink, SinkError, SinkFuture};
+use crate::support::lazy::Lazy;
+use crate::support::pg;
 use crate::tracking::number::TrackingNumber;
 use bytes::{BufMut, BytesMut};
 use futures_util::SinkExt;
@@ -67,8 +69,8 @@ pub struct PostgresRecords {
     timeout: Duration,
     /// One connection per concurrent writer (durable mode runs several: their commits
     /// overlap, and PostgreSQL groups their WAL flushes).
-    writers: Vec<tokio::sync::Mutex<Option<Client>>>,
-    reader: tokio::sync::Mutex<Option<Client>>,
+    writers: Vec<Lazy<Client>>,
+    reader: Lazy<Client>,
     schema: tokio::sync::OnceCell<()>,
 }
 
@@ -78,10 +80,7 @@ fn unavailable(e: impl std::fmt::Display) -> SinkError {
 
 /// A driver error with the server's message (tokio-postgres alone prints "db error").
 fn pg_error(e: tokio_postgres::Error) -> SinkError {
-    match e.as_db_error() {
-        Some(db) => unavailable(format!("{}: {}", db.code().code(), db.message())),
-        None => unavailable(e),
-    }
+    unavailable(pg::message(&e))
 }
 
 impl PostgresRecords {
@@ -89,22 +88,20 @@ impl PostgresRecords {
         Self {
             url: url.to_owned(),
             timeout,
-            writers: (0..connections.max(1))
-                .map(|_| tokio::sync::Mutex::new(None))
-                .collect(),
-            reader: tokio::sync::Mutex::new(None),
+            writers: (0..connections.max(1)).map(|_| Lazy::new()).collect(),
+            reader: Lazy::new(),
             schema: tokio::sync::OnceCell::new(),
         }
     }
 
     async fn connect(&self) -> Result<Client, SinkError> {
-        let client =
-            crate::tracking::store::postgres::connect(&self.url, self.timeout, "record store")
-                .await
-                .map_err(unavailable)?;
-        // Once per process: concurrent CREATE TABLE IF NOT EXISTS can collide.
+        let client = pg::connect(&self.url, self.timeout, "record store")
+            .await
+            .map_err(unavailable)?;
         self.schema
-            .get_or_try_init(|| async { client.batch_execute(SCHEMA).await.map_err(pg_error) })
+            .get_or_try_init(|| async {
+                pg::ensure_schema(&client, SCHEMA).await.map_err(pg_error)
+            })
             .await?;
         Ok(client)
     }
@@ -129,14 +126,11 @@ impl PostgresRecords {
 
     async fn write_batch(&self, batch: &Batch, retry: bool) -> Result<(), SinkError> {
         // A free connection, or wait for the first.
-        let mut guard = match self.writers.iter().find_map(|w| w.try_lock().ok()) {
-            Some(g) => g,
+        let mut slot = match self.writers.iter().find_map(Lazy::try_lock) {
+            Some(s) => s,
             None => self.writers[0].lock().await,
         };
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            *guard = Some(self.connect().await?);
-        }
-        let client = guard.as_mut().expect("connected above");
+        let client = slot.get(|| self.connect()).await?;
         // A connection that died without TCP noticing must not hold the batch (and every
         // durable request behind it) forever: give up, drop it, and retry on a new one.
         let limit = self.timeout * 20;
@@ -173,7 +167,7 @@ impl PostgresRecords {
             Err(_) => Err(unavailable(format!("writing a batch took over {limit:?}"))),
         };
         if result.is_err() {
-            *guard = None;
+            slot.reset();
         }
         result
     }
@@ -190,13 +184,10 @@ impl RecordSink for PostgresRecords {
     ) -> SinkFuture<'a, Option<serde_json::Value>> {
         Box::pin(async move {
             // One reader connection: a lookup waits its turn, but not forever.
-            let mut guard = tokio::time::timeout(self.timeout * 4, self.reader.lock())
+            let mut slot = tokio::time::timeout(self.timeout * 4, self.reader.lock())
                 .await
                 .map_err(|_| unavailable("lookup waited too long for the reader connection"))?;
-            if guard.as_ref().is_none_or(|c| c.is_closed()) {
-                *guard = Some(self.connect().await?);
-            }
-            let client = guard.as_ref().expect("connected above");
+            let client = slot.get(|| self.connect()).await?;
             let row = match tokio::time::timeout(
                 self.timeout * 4,
                 client.query_opt(
@@ -210,7 +201,7 @@ impl RecordSink for PostgresRecords {
                 failed => {
                     // A connection that timed out or failed may be dead without TCP noticing:
                     // the next lookup opens a new one.
-                    *guard = None;
+                    slot.reset();
                     return Err(match failed {
                         Ok(Err(e)) => pg_error(e),
                         _ => unavailable("lookup timed out"),

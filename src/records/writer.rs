@@ -7,11 +7,13 @@
 //! is written.
 
 use super::{Batch, RecordRef, RecordSink, SinkError};
+use crate::config::{RecordsMode, RecordsSettings};
+use crate::support::backoff::Backoff;
 use crate::tracking::Issued;
 use crate::tracking::order::Order;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -35,6 +37,27 @@ pub struct WriterConfig {
     /// Writer tasks taking batches from the queue concurrently (durable mode: overlapping
     /// commits; async mode needs one).
     pub writers: usize,
+}
+
+impl WriterConfig {
+    /// The writer of the configuration's `records` section (`None` with records off), with
+    /// `writers` concurrent writers in durable mode.
+    pub fn from_settings(r: &RecordsSettings, writers: usize) -> Option<Self> {
+        let mode = match r.mode {
+            RecordsMode::Off => return None,
+            RecordsMode::Async => Mode::Async,
+            RecordsMode::Durable => Mode::Durable,
+        };
+        Some(Self {
+            mode,
+            queue_capacity: r.queue_capacity,
+            batch_max: r.batch_max,
+            flush_interval: r.flush_interval,
+            wait_timeout: r.wait_timeout,
+            // Async mode writes once per interval: one writer.
+            writers: if mode == Mode::Durable { writers } else { 1 },
+        })
+    }
 }
 
 /// Why a record could not be taken.
@@ -157,8 +180,6 @@ struct Shared {
     queue: Mutex<Queue>,
     /// Wakes a writer task: a batch was opened, or shutdown began.
     work: Notify,
-    /// The same for writer threads (blocking stores).
-    work_cv: Condvar,
     /// Wakes requests waiting for room in the queue.
     room: Notify,
     stats: WriterStats,
@@ -167,64 +188,27 @@ struct Shared {
     give_up: AtomicBool,
 }
 
-/// A store whose writes are blocking calls (the embedded journal): written by threads of the
-/// writer's own, without a hand-off to a blocking pool and back per batch.
-pub trait BlockingSink: Send + Sync + 'static {
-    fn write_blocking(&self, batch: &Arc<Batch>) -> Result<(), SinkError>;
-}
-
-enum Writer {
-    Task(tokio::task::JoinHandle<()>),
-    Thread(std::thread::JoinHandle<()>),
-}
-
 pub struct Recorder {
     shared: Arc<Shared>,
     sink: Arc<dyn RecordSink>,
-    writers: Mutex<Vec<Writer>>,
+    writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Recorder {
-    /// Starts the writers: tasks writing to `sink`, or, given `blocking`, threads writing to
-    /// it (`sink` then serves for its name and its `close`).
-    pub fn start(
-        sink: Arc<dyn RecordSink>,
-        blocking: Option<Arc<dyn BlockingSink>>,
-        cfg: WriterConfig,
-    ) -> Self {
+    /// Starts the writer tasks writing to `sink`.
+    pub fn start(sink: Arc<dyn RecordSink>, cfg: WriterConfig) -> Self {
         let shared = Arc::new(Shared {
             cfg,
             store: sink.kind(),
             queue: Mutex::default(),
             work: Notify::new(),
-            work_cv: Condvar::new(),
             room: Notify::new(),
             stats: WriterStats::default(),
             last_error: Mutex::new(None),
             give_up: AtomicBool::new(false),
         });
         let writers = (0..shared.cfg.writers.max(1))
-            .map(|i| {
-                let sh = Arc::clone(&shared);
-                match &blocking {
-                    Some(b) => {
-                        let b = Arc::clone(b);
-                        std::thread::Builder::new()
-                            .name(format!("trackd-records-{i}"))
-                            .spawn(move || write_thread(sh, b))
-                            .map(Writer::Thread)
-                            .unwrap_or_else(|e| {
-                                // No thread to be had: the same work as a task.
-                                tracing::warn!(error = %e, "record writer thread not started; using a task");
-                                Writer::Task(tokio::spawn(write_loop(
-                                    Arc::clone(&shared),
-                                    Arc::clone(&sink),
-                                )))
-                            })
-                    }
-                    None => Writer::Task(tokio::spawn(write_loop(sh, Arc::clone(&sink)))),
-                }
-            })
+            .map(|_| tokio::spawn(write_loop(Arc::clone(&shared), Arc::clone(&sink))))
             .collect();
         Self {
             shared,
@@ -318,7 +302,6 @@ impl Recorder {
         drop(q);
         if opened {
             sh.work.notify_one();
-            sh.work_cv.notify_one();
         }
         Ok(Pushed::Queued(done))
     }
@@ -338,10 +321,7 @@ impl Recorder {
         }
         let joined = async {
             for w in writers {
-                match w {
-                    Writer::Task(h) => drop(h.await),
-                    Writer::Thread(h) => drop(tokio::task::spawn_blocking(move || h.join()).await),
-                }
+                drop(w.await);
             }
         };
         tokio::pin!(joined);
@@ -449,63 +429,17 @@ async fn write_loop(sh: Arc<Shared>, sink: Arc<dyn RecordSink>) {
         for mut p in taken {
             let batch = Arc::new(std::mem::take(&mut p.batch));
             let mut failures = 0;
+            let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
             loop {
                 let started = std::time::Instant::now();
                 let result = sink.write(Arc::clone(&batch), failures > 0).await;
                 crate::metrics::record_batch_write(sh.store, started.elapsed());
                 let Err(e) = result else { break };
-                let Some(pause) = sh.failed(&e, &batch, &mut failures) else {
-                    return;
-                };
-                tokio::time::sleep(pause).await;
-            }
-            sh.written(&batch, failures);
-            p.done.set();
-        }
-    }
-}
-
-/// [`write_loop`] on a thread of its own, for a blocking store.
-fn write_thread(sh: Arc<Shared>, sink: Arc<dyn BlockingSink>) {
-    loop {
-        let taken = {
-            let Ok(mut q) = sh.queue.lock() else {
-                return;
-            };
-            while q.batches.is_empty() {
-                if q.closed {
+                failures += 1;
+                if !sh.failed(&e, &batch) {
                     return;
                 }
-                q = match sh.work_cv.wait(q) {
-                    Ok(q) => q,
-                    Err(_) => return,
-                };
-            }
-            let gather = sh.cfg.mode == Mode::Async && !q.closed;
-            if gather {
-                drop(q);
-                std::thread::sleep(sh.cfg.flush_interval);
-                q = match sh.queue.lock() {
-                    Ok(q) => q,
-                    Err(_) => return,
-                };
-            }
-            q.take(gather)
-        };
-        sh.room.notify_waiters();
-        // On giving up, returning drops this batch and the rest of `taken`: given up too.
-        for mut p in taken {
-            let batch = Arc::new(std::mem::take(&mut p.batch));
-            let mut failures = 0;
-            loop {
-                let started = std::time::Instant::now();
-                let result = sink.write_blocking(&batch);
-                crate::metrics::record_batch_write(sh.store, started.elapsed());
-                let Err(e) = result else { break };
-                let Some(pause) = sh.failed(&e, &batch, &mut failures) else {
-                    return;
-                };
-                std::thread::sleep(pause);
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             sh.written(&batch, failures);
             p.done.set();
@@ -521,26 +455,17 @@ impl Shared {
             q.closed = true;
         }
         self.work.notify_waiters();
-        self.work_cv.notify_all();
         self.room.notify_waiters();
     }
 
-    /// Notes a failed write; returns how long to wait before the retry, or `None` once
-    /// shutdown gave up retrying.
-    fn failed(&self, e: &SinkError, batch: &Batch, failures: &mut u32) -> Option<Duration> {
+    /// Notes a failed write; returns whether to retry it (false once shutdown gave up).
+    fn failed(&self, e: &SinkError, batch: &Batch) -> bool {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
         tracing::error!(error = %e, records = batch.len(), "writing records failed; retrying");
         if let Ok(mut g) = self.last_error.lock() {
             *g = Some(e.to_string());
         }
-        *failures += 1;
-        if self.give_up.load(Ordering::Acquire) {
-            return None;
-        }
-        Some(
-            (Duration::from_millis(50) * 2u32.saturating_pow(*failures - 1))
-                .min(Duration::from_secs(1)),
-        )
+        !self.give_up.load(Ordering::Acquire)
     }
 
     /// Counts a written batch.
@@ -560,9 +485,10 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::query::Query;
     use crate::records::SinkFuture;
+    use crate::support::form;
     use crate::tracking::number::TrackingNumber;
+    use crate::tracking::order::OrderFields;
 
     /// A record store that is down: every write fails.
     struct Down;
@@ -586,11 +512,11 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_gives_up_on_a_store_that_stays_down_and_tells_the_waiters() {
-        let order = Order::from_query(&Query::parse(Some(
+        let order = Order::try_from(OrderFields::from_pairs(form::pairs(Some(
             "origin_country_id=MY&destination_country_id=ID&weight=1.5\
              &customer_id=de619854-b59b-425e-9db4-943979e1bd49\
              &customer_name=A&customer_slug=a",
-        )))
+        ))))
         .unwrap();
         let issued = |seq| Issued {
             seq,
@@ -599,7 +525,6 @@ mod tests {
         };
         let recorder = Recorder::start(
             Arc::new(Down),
-            None,
             WriterConfig {
                 mode: Mode::Durable,
                 queue_capacity: 100,

@@ -1,5 +1,7 @@
 //! The allocator: a ractor actor that reserves blocks from the sequence store ahead of need,
-//! and a lock-free handle through which requests take numbers from the current block.
+//! and a lock-free handle through which requests take numbers from the current block. The
+//! actor runs under a [supervisor](crate::supervise): if it fails it is restarted with the
+//! same shared state, and if it keeps failing readiness says so.
 //!
 //! Hot path: one `ArcSwap` load and one `fetch_add` per number, no actor round trip
 //! (measured in `bench/number.rs`: an actor `call` costs several times more). The actor keeps a
@@ -9,10 +11,12 @@
 
 use super::store::{Block, SequenceStore, StoreError};
 use crate::metrics;
+use crate::supervise::{self, Health};
+use crate::support::backoff::Backoff;
 use arc_swap::ArcSwap;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -91,7 +95,8 @@ struct Shared {
     standby: Mutex<Option<Block>>,
     refill_requested: AtomicBool,
     notify: Notify,
-    actor: OnceLock<ActorRef<Msg>>,
+    /// The running actor (replaced when the supervisor restarts it).
+    actor: Mutex<Option<ActorRef<Msg>>>,
     store_healthy: AtomicBool,
     store: Arc<dyn SequenceStore>,
     /// Numbers handed to the pool by the actor since start (for the rate estimate).
@@ -110,6 +115,8 @@ pub struct Unavailable {
 #[derive(Clone)]
 pub struct Allocator {
     shared: Arc<Shared>,
+    /// The supervised actor's health (restarts, or given up).
+    health: Arc<Health>,
 }
 
 /// Messages of the allocator actor.
@@ -119,7 +126,8 @@ pub enum Msg {
 }
 
 impl Allocator {
-    /// Starts the allocator actor over `store`; the first blocks are reserved at once.
+    /// Starts the allocator actor over `store`, under its supervisor; the first blocks are
+    /// reserved at once. Returns the supervisor's cell and task: stopping it stops the actor.
     pub async fn start(
         store: Arc<dyn SequenceStore>,
         sizing: BlockSizing,
@@ -134,7 +142,7 @@ impl Allocator {
             standby: Mutex::new(None),
             refill_requested: AtomicBool::new(false),
             notify: Notify::new(),
-            actor: OnceLock::new(),
+            actor: Mutex::new(None),
             store_healthy: AtomicBool::new(true),
             store: Arc::clone(&store),
             reserved_total: AtomicU64::new(0),
@@ -145,11 +153,8 @@ impl Allocator {
             store,
             sizing,
         };
-        let (actor, handle) = Actor::spawn(None, AllocatorActor, args).await?;
-        let _ = shared.actor.set(actor.clone());
-        let this = Self { shared };
-        this.request_refill();
-        Ok((this, actor.get_cell(), handle))
+        let (cell, handle, health) = supervise::start("allocator", AllocatorActor, args).await?;
+        Ok((Self { shared, health }, cell, handle))
     }
 
     /// Takes a number without waiting, if the current or standby block has one.
@@ -196,11 +201,7 @@ impl Allocator {
     }
 
     fn request_refill(&self) {
-        if !self.shared.refill_requested.swap(true, Ordering::AcqRel)
-            && let Some(actor) = self.shared.actor.get()
-        {
-            let _ = actor.cast(Msg::Refill);
-        }
+        self.shared.request_refill();
     }
 
     /// Takes a number, waiting up to `timeout` for the actor to reserve one.
@@ -239,17 +240,8 @@ impl Allocator {
         reserved.saturating_sub(buffered)
     }
 
-    /// (reserved so far, buffered now), read under the standby lock so that a block moving
-    /// from standby to current (or being installed) is counted exactly once.
     fn counts(&self) -> (u64, u64) {
-        let standby = self
-            .shared
-            .standby
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let buffered = self.shared.current.load().remaining() + standby.map_or(0, |b| b.count);
-        let reserved = self.shared.reserved_total.load(Ordering::Relaxed);
-        (reserved, buffered)
+        self.shared.counts()
     }
 
     /// Whether the store answered its last reservation.
@@ -257,9 +249,14 @@ impl Allocator {
         self.shared.store_healthy.load(Ordering::Relaxed)
     }
 
-    /// Ready to issue: numbers in hand, or a store that answers.
+    /// Ready to issue: numbers in hand, or a store that answers (and an actor to ask it).
     pub fn is_ready(&self) -> bool {
-        self.buffered() > 0 || self.store_healthy()
+        self.health.given_up().is_none() && (self.buffered() > 0 || self.store_healthy())
+    }
+
+    /// The supervised actor's health.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     pub fn store_kind(&self) -> &'static str {
@@ -276,8 +273,31 @@ impl Allocator {
     }
 }
 
+impl Shared {
+    /// (reserved so far, buffered now), read under the standby lock so that a block moving
+    /// from standby to current (or being installed) is counted exactly once.
+    fn counts(&self) -> (u64, u64) {
+        let standby = self.standby.lock().unwrap_or_else(|p| p.into_inner());
+        let buffered = self.current.load().remaining() + standby.map_or(0, |b| b.count);
+        let reserved = self.reserved_total.load(Ordering::Relaxed);
+        (reserved, buffered)
+    }
+
+    /// Asks the actor for a refill unless one is already asked for.
+    fn request_refill(&self) {
+        if !self.refill_requested.swap(true, Ordering::AcqRel)
+            && let Ok(actor) = self.actor.lock()
+            && let Some(actor) = actor.as_ref()
+        {
+            let _ = actor.cast(Msg::Refill);
+        }
+    }
+}
+
+#[derive(Clone)]
 struct AllocatorActor;
 
+#[derive(Clone)]
 struct ActorArgs {
     shared: Arc<Shared>,
     store: Arc<dyn SequenceStore>,
@@ -288,13 +308,13 @@ struct ActorState {
     shared: Arc<Shared>,
     store: Arc<dyn SequenceStore>,
     sizer: BlockSizer,
-    backoff: Duration,
+    backoff: Backoff,
     retry_scheduled: bool,
 }
 
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-/// Kept short so that service resumes within a second of the store coming back.
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Retries of a failed reservation: kept short so that service resumes within a second of
+/// the store coming back.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
 
 impl ActorState {
     /// Current block exhausted, or no standby block: a reservation is needed.
@@ -311,10 +331,7 @@ impl ActorState {
     /// Numbers taken by requests so far (reserved minus still buffered).
     fn consumed_total(&self) -> u64 {
         let reserved = self.shared.reserved_total.load(Ordering::Relaxed);
-        let allocator = Allocator {
-            shared: Arc::clone(&self.shared),
-        };
-        reserved.saturating_sub(allocator.buffered())
+        reserved.saturating_sub(self.shared.counts().1)
     }
 
     /// Puts a fresh block where it is needed: as current if that is spent, else as standby.
@@ -358,16 +375,36 @@ impl Actor for AllocatorActor {
 
     async fn pre_start(
         &self,
-        _me: ActorRef<Msg>,
+        me: ActorRef<Msg>,
         args: ActorArgs,
     ) -> Result<ActorState, ActorProcessingErr> {
+        // (Re)started: requests reach this actor from now on, and a refill asked of a dead
+        // predecessor (or its retry timer) is asked again.
+        if let Ok(mut actor) = args.shared.actor.lock() {
+            *actor = Some(me.clone());
+        }
+        args.shared.refill_requested.store(true, Ordering::Release);
+        me.cast(Msg::Refill)?;
         Ok(ActorState {
             shared: args.shared,
             store: args.store,
             sizer: BlockSizer::new(args.sizing),
-            backoff: BACKOFF_MIN,
+            backoff: BACKOFF,
             retry_scheduled: false,
         })
+    }
+
+    async fn post_stop(
+        &self,
+        me: ActorRef<Msg>,
+        st: &mut ActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Ok(mut actor) = st.shared.actor.lock()
+            && actor.as_ref().is_some_and(|a| a.get_id() == me.get_id())
+        {
+            *actor = None;
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -408,7 +445,7 @@ impl Actor for AllocatorActor {
                                     "sequence store available again"
                                 );
                             }
-                            st.backoff = BACKOFF_MIN;
+                            st.backoff.reset();
                             st.shared.notify.notify_waiters();
                         }
                         Err(e) => {
@@ -422,8 +459,7 @@ impl Actor for AllocatorActor {
                             }
                             if !exhausted && !st.retry_scheduled {
                                 st.retry_scheduled = true;
-                                me.send_after(st.backoff, || Msg::Refill);
-                                st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
+                                me.send_after(st.backoff.next_delay(), || Msg::Refill);
                             }
                             break;
                         }
@@ -544,6 +580,50 @@ mod tests {
             "recovered by the retry backoff"
         );
         assert!(alloc.store_healthy());
+        cell.stop(None);
+    }
+
+    /// Waits for the supervisor to have restarted the actor `n` times (a child running).
+    async fn restarted(alloc: &Allocator, n: u64) -> ractor::ActorCell {
+        let t0 = Instant::now();
+        loop {
+            if alloc.health().restarts() >= n
+                && let Some(child) = alloc.health().child()
+            {
+                return child;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "not restarted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_killed_actor_is_restarted_and_numbers_stay_distinct_until_it_keeps_dying() {
+        let s = store();
+        let (alloc, cell, _h) = Allocator::start(s.clone(), sizing(10, 10)).await.unwrap();
+        let mut seen = HashSet::new();
+        for round in 0..crate::supervise::MAX_RESTARTS as u64 {
+            restarted(&alloc, round).await.kill();
+            restarted(&alloc, round + 1).await;
+            // Several refills each round: the new actor serves them.
+            for _ in 0..35 {
+                let n = alloc.take(Duration::from_secs(5)).await.unwrap();
+                assert!(seen.insert(n), "{n} issued twice");
+            }
+            assert!(alloc.is_ready());
+            assert!(alloc.health().given_up().is_none());
+        }
+        // One death too many within the window: given up, and the allocator says so.
+        restarted(&alloc, crate::supervise::MAX_RESTARTS as u64)
+            .await
+            .kill();
+        let t0 = Instant::now();
+        while alloc.health().given_up().is_none() {
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!alloc.is_ready());
+        assert!(alloc.health().given_up().unwrap().contains("allocator"));
         cell.stop(None);
     }
 

@@ -8,12 +8,68 @@ pub mod order;
 pub mod permute;
 pub mod store;
 
-use allocator::{Allocator, Unavailable};
+use crate::config::{SequenceStoreKind, TrackingSettings};
+use allocator::{Allocator, BlockSizing, Unavailable};
 use number::TrackingNumber;
 use order::Order;
-use permute::Permutation;
+use permute::{Permutation, PermutationKey};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+use store::SequenceStore;
+use store::embedded::{self, EmbeddedStore, OpenError};
 use time::OffsetDateTime;
+
+/// Why the sequence store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    #[error(
+        "tracking.permutation_key differs from the key {0} was issued with; changing it would reissue numbers"
+    )]
+    KeyMismatch(String),
+    #[error("tracking.permutation_key is required with a shared sequence store")]
+    KeyRequired,
+    #[error("cannot start the allocator actor: {0}")]
+    Actor(String),
+}
+
+/// The sequence store of the configuration's `tracking` section and the permutation key to
+/// encode with: the configured key with a shared store; with the embedded store, the key kept
+/// in the data directory (the configured one on a first start), refusing a configured key that
+/// differs from it.
+pub fn open_store(
+    t: &TrackingSettings,
+    data_dir: &Path,
+) -> Result<(Arc<dyn SequenceStore>, PermutationKey), StartError> {
+    match t.sequence_store {
+        SequenceStoreKind::Redis => {
+            let key = t.permutation_key.ok_or(StartError::KeyRequired)?;
+            Ok((
+                Arc::new(store::redis::RedisStore::from_settings(t, &key)),
+                key,
+            ))
+        }
+        SequenceStoreKind::Postgres => {
+            let key = t.permutation_key.ok_or(StartError::KeyRequired)?;
+            Ok((
+                Arc::new(store::postgres::PostgresStore::from_settings(t, &key)),
+                key,
+            ))
+        }
+        SequenceStoreKind::Embedded => {
+            let store = EmbeddedStore::open(data_dir)?;
+            let kept = embedded::load_or_create_key_with(data_dir, t.permutation_key)?;
+            if t.permutation_key
+                .is_some_and(|configured| configured != kept)
+            {
+                return Err(StartError::KeyMismatch(data_dir.display().to_string()));
+            }
+            Ok((Arc::new(store), kept))
+        }
+    }
+}
 
 /// Issues tracking numbers: takes a sequence number from the allocator and encodes it.
 pub struct TrackingService {
@@ -38,6 +94,28 @@ impl TrackingService {
             permutation,
             wait_timeout,
         }
+    }
+
+    /// Starts the allocator actor (supervised) over `store`, sized and timed by the
+    /// `tracking` section; returns the service and the supervisor's cell and task.
+    pub async fn start(
+        t: &TrackingSettings,
+        store: Arc<dyn SequenceStore>,
+        key: &PermutationKey,
+    ) -> Result<(Self, ractor::ActorCell, tokio::task::JoinHandle<()>), StartError> {
+        let sizing = BlockSizing {
+            min: t.block_min,
+            max: t.block_max,
+            target: t.block_target,
+        };
+        let (allocator, cell, handle) = Allocator::start(store, sizing)
+            .await
+            .map_err(|e| StartError::Actor(e.to_string()))?;
+        Ok((
+            Self::new(allocator, Permutation::new(key), t.wait_timeout),
+            cell,
+            handle,
+        ))
     }
 
     pub async fn issue(&self, order: &Order) -> Result<Issued, Unavailable> {

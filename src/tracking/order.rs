@@ -1,11 +1,12 @@
 //! The order behind a tracking-number request: domain types that can only hold valid values,
-//! and parsing of the query parameters with every failing field reported at once.
+//! and the validation of an order's fields as sent ([`OrderFields`], from a query string or a
+//! JSON body) with every failing field reported at once.
 
 use super::country::CountryCode;
-use crate::http::query::{Param, Query};
+use crate::support::{form, rfc3339};
 use serde::ser::{Serialize, SerializeMap, Serializer};
+use std::borrow::Cow;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 /// Parcel weight in grams (kilograms with three decimals), `1..=9_999_999`.
@@ -17,6 +18,13 @@ impl Weight {
 
     pub fn grams(self) -> u32 {
         self.0
+    }
+
+    /// A weight read back from a store, if it is one trackd could have accepted.
+    pub fn from_grams(grams: u32) -> Option<Self> {
+        (1..=Self::MAX_GRAMS)
+            .contains(&grams)
+            .then_some(Self(grams))
     }
 
     /// Parses a plain decimal number of kilograms.
@@ -197,60 +205,141 @@ fn quote(s: &str) -> String {
     }
 }
 
-impl Order {
-    /// Parses the query parameters of `GET /api/next-tracking-number/`.
-    pub fn from_query(q: &Query<'_>) -> Result<Self, FieldErrors> {
+/// One field of an order as the client sent it, before validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Raw<'a> {
+    #[default]
+    Missing,
+    Value(Cow<'a, str>),
+    /// Present but unusable as text; the message says why.
+    Invalid(&'static str),
+}
+
+/// The message for a parameter given more than once.
+pub const REPEATED: &str = "This parameter was given more than once.";
+
+/// The fields of an order as sent (a query string's parameters, or a JSON body's members),
+/// before validation: `Order::try_from` validates them all at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderFields<'a> {
+    pub origin_country_id: Raw<'a>,
+    pub destination_country_id: Raw<'a>,
+    pub weight: Raw<'a>,
+    pub created_at: Raw<'a>,
+    pub customer_id: Raw<'a>,
+    pub customer_name: Raw<'a>,
+    pub customer_slug: Raw<'a>,
+}
+
+impl<'a> OrderFields<'a> {
+    /// The field names, in the contract's order.
+    pub const NAMES: [&'static str; 7] = [
+        "origin_country_id",
+        "destination_country_id",
+        "weight",
+        "created_at",
+        "customer_id",
+        "customer_name",
+        "customer_slug",
+    ];
+
+    /// The fields among decoded `name=value` pairs (a query string's, by
+    /// [`crate::support::form::pairs`]); other names are ignored, a field given twice or not
+    /// in UTF-8 is invalid.
+    pub fn from_pairs<I>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (Cow<'a, str>, Result<Cow<'a, str>, form::InvalidUtf8>)>,
+    {
+        let mut fields = Self::default();
+        for (name, value) in pairs {
+            if let Some(slot) = fields.field_mut(&name) {
+                *slot = match (&*slot, value) {
+                    (Raw::Missing, Ok(v)) => Raw::Value(v),
+                    (Raw::Missing, Err(form::InvalidUtf8)) => {
+                        Raw::Invalid("Must be valid UTF-8 text.")
+                    }
+                    _ => Raw::Invalid(REPEATED),
+                };
+            }
+        }
+        fields
+    }
+
+    /// The field called `name`, if it is one of [`OrderFields::NAMES`].
+    pub fn field_mut(&mut self, name: &str) -> Option<&mut Raw<'a>> {
+        Some(match name {
+            "origin_country_id" => &mut self.origin_country_id,
+            "destination_country_id" => &mut self.destination_country_id,
+            "weight" => &mut self.weight,
+            "created_at" => &mut self.created_at,
+            "customer_id" => &mut self.customer_id,
+            "customer_name" => &mut self.customer_name,
+            "customer_slug" => &mut self.customer_slug,
+            _ => return None,
+        })
+    }
+}
+
+impl TryFrom<OrderFields<'_>> for Order {
+    type Error = FieldErrors;
+
+    /// Validates every field, reporting each failing one (in the contract's order).
+    fn try_from(f: OrderFields<'_>) -> Result<Self, FieldErrors> {
         let mut errors = FieldErrors::default();
 
-        // Each field: fetch the single raw value (or record why there is none), then parse it.
-        fn field<'q, T>(
-            q: &'q Query<'_>,
+        // Each field: the single raw value (or why there is none), then its parse.
+        fn field<T>(
             errors: &mut FieldErrors,
             name: &'static str,
+            raw: &Raw<'_>,
             required: bool,
-            parse: impl FnOnce(&'q str) -> Result<T, String>,
+            parse: impl FnOnce(&str) -> Result<T, String>,
         ) -> Option<T> {
-            let raw = match q.get(name) {
-                Param::Value(v) => v,
-                Param::Missing if !required => return None,
-                Param::Missing => {
+            match raw {
+                Raw::Value(v) => parse(v).map_err(|m| errors.add(name, m)).ok(),
+                Raw::Missing if !required => None,
+                Raw::Missing => {
                     errors.add(name, "This field is required.");
-                    return None;
+                    None
                 }
-                Param::Repeated => {
-                    errors.add(name, "This parameter was given more than once.");
-                    return None;
+                Raw::Invalid(why) => {
+                    errors.add(name, *why);
+                    None
                 }
-                Param::NotUtf8 => {
-                    errors.add(name, "Must be valid UTF-8 text.");
-                    return None;
-                }
-            };
-            parse(raw).map_err(|m| errors.add(name, m)).ok()
+            }
         }
 
         let country = |s: &str| {
             CountryCode::parse(s)
                 .ok_or_else(|| format!("'{}' is not an ISO 3166-1 alpha-2 country code.", quote(s)))
         };
-        let origin = field(q, &mut errors, "origin_country_id", true, country);
-        let destination = field(q, &mut errors, "destination_country_id", true, country);
-        let weight = field(q, &mut errors, "weight", true, |s| {
+        let origin = field(
+            &mut errors,
+            "origin_country_id",
+            &f.origin_country_id,
+            true,
+            country,
+        );
+        let destination = field(
+            &mut errors,
+            "destination_country_id",
+            &f.destination_country_id,
+            true,
+            country,
+        );
+        let weight = field(&mut errors, "weight", &f.weight, true, |s| {
             Weight::parse(s).map_err(String::from)
         });
-        let created_at = field(q, &mut errors, "created_at", false, |s| {
-            OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
-                "Datetime has wrong format. Use RFC 3339, e.g. 2018-11-20T19:29:32+08:00."
-                    .to_owned()
-            })
+        let created_at = field(&mut errors, "created_at", &f.created_at, false, |s| {
+            rfc3339::parse(s).map_err(String::from)
         });
-        let customer_id = field(q, &mut errors, "customer_id", true, |s| {
+        let customer_id = field(&mut errors, "customer_id", &f.customer_id, true, |s| {
             parse_customer_id(s).map_err(String::from)
         });
-        let customer_name = field(q, &mut errors, "customer_name", true, |s| {
+        let customer_name = field(&mut errors, "customer_name", &f.customer_name, true, |s| {
             CustomerName::parse(s).map_err(String::from)
         });
-        let customer_slug = field(q, &mut errors, "customer_slug", true, |s| {
+        let customer_slug = field(&mut errors, "customer_slug", &f.customer_slug, true, |s| {
             CustomerSlug::parse(s).map_err(String::from)
         });
 
@@ -283,6 +372,25 @@ impl Order {
     }
 }
 
+impl Order {
+    /// The normalised parameters, as one string: two requests for the same order (the
+    /// retry of an `Idempotency-Key`) have the same fingerprint, any difference another.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "{}|{}|{}|{}|{}|{}|{}",
+            self.origin.as_str(),
+            self.destination.as_str(),
+            self.weight.grams(),
+            self.created_at
+                .map(rfc3339::format_micros)
+                .unwrap_or_default(),
+            self.customer_id,
+            self.customer_name.as_str(),
+            self.customer_slug.as_str(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,7 +400,7 @@ mod tests {
         &customer_name=+RedBox%20Logistics+&customer_slug=redbox-logistics&unknown=1";
 
     fn order(q: &str) -> Result<Order, FieldErrors> {
-        Order::from_query(&Query::parse(Some(q)))
+        Order::try_from(OrderFields::from_pairs(form::pairs(Some(q))))
     }
 
     fn replace(param: &str, value: Option<&str>) -> String {
@@ -367,6 +475,16 @@ mod tests {
             assert!(e.contains(msg), "{s:?}: {e}");
         }
         assert_eq!(Weight::parse("1.5").unwrap().to_string(), "1.500");
+        for (grams, kg) in [
+            (1234, "1.234"),
+            (1, "0.001"),
+            (9_999_999, "9999.999"),
+            (20_000, "20.000"),
+        ] {
+            assert_eq!(Weight::from_grams(grams).unwrap().to_string(), kg);
+        }
+        assert_eq!(Weight::from_grams(0), None);
+        assert_eq!(Weight::from_grams(10_000_000), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use trackd::app::Application;
+pub use trackd::config::SequenceStoreKind;
 use trackd::config::{Overrides, Settings};
 use trackd::tracking::number::TrackingNumber;
 use trackd::tracking::permute::{Permutation, PermutationKey};
@@ -40,13 +41,15 @@ pub fn test_settings(data_dir: &Path) -> Settings {
         ..Default::default()
     };
     let mut s = Settings::load_from(None, Vec::new(), &overrides).expect("default settings");
-    s.tracking.permutation_key = KEY_HEX.into();
+    s.tracking.permutation_key = PermutationKey::from_hex(KEY_HEX);
     s.log.level = "warn".into();
     s
 }
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The running application's state (its services, for tests that reach inside).
+    pub state: Arc<trackd::http::state::AppState>,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
     _tmp: Option<TempDir>,
@@ -107,12 +110,14 @@ pub async fn spawn_app_in(dir: &Path, customize: impl FnOnce(&mut Settings)) -> 
     trackd::telemetry::init(&settings.log);
     let app = Application::build(&settings).await.expect("app builds");
     let addr = app.local_addr();
+    let state = app.state();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
     TestApp {
         addr,
+        state,
         client: reqwest::Client::new(),
         data_dir: dir.to_owned(),
         _tmp: None,

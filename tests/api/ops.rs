@@ -240,7 +240,7 @@ async fn readiness_fails_while_the_embedded_store_is_down_and_recovers() {
     let app = spawn_app_in(&dir, |s| {
         s.tracking.block_min = 10;
         s.tracking.block_max = 10;
-        s.tracking.wait_timeout_ms = 200;
+        s.tracking.wait_timeout = Duration::from_millis(200);
     })
     .await;
     wait_ready(&app, Duration::from_secs(5)).await;
@@ -286,10 +286,77 @@ async fn wait_ready(app: &TestApp, limit: Duration) {
 }
 
 #[tokio::test]
+async fn a_killed_allocator_actor_is_restarted_and_one_that_keeps_dying_fails_health() {
+    let app = spawn_app_with(|s| {
+        s.tracking.block_min = 10;
+        s.tracking.block_max = 10;
+    })
+    .await;
+    let health = std::sync::Arc::clone(app.state.issuer.numbers().allocator().health());
+    let child = |restarts: u64| {
+        let health = std::sync::Arc::clone(&health);
+        async move {
+            let t0 = Instant::now();
+            loop {
+                if health.restarts() >= restarts
+                    && let Some(c) = health.child()
+                {
+                    return c;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(5), "not restarted");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let mut numbers = std::collections::HashSet::new();
+    let limit = trackd::supervise::MAX_RESTARTS as u64;
+    for round in 0..limit {
+        child(round).await.kill();
+        child(round + 1).await;
+        wait_ready(&app, Duration::from_secs(5)).await;
+        // Past the blocks in hand: the restarted actor refills.
+        for _ in 0..25 {
+            assert!(numbers.insert(app.issue().await), "a number issued twice");
+        }
+        let r: Value = app.get("/readyz").await.json().await.unwrap();
+        assert_eq!(r["checks"]["tracking"]["allocator_restarts"], round + 1);
+        assert_eq!(app.get("/healthz").await.status(), 200);
+    }
+    // Once more within the window: not restarted; readiness and liveness say why.
+    child(limit).await.kill();
+    let t0 = Instant::now();
+    while app.get("/healthz").await.status() == 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "liveness never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let live = app.get("/healthz").await;
+    assert_eq!(live.status(), 503);
+    let live: Value = live.json().await.unwrap();
+    assert!(
+        live["detail"].as_str().unwrap().contains("allocator actor"),
+        "{live}"
+    );
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert!(
+        ready["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not restarted again"),
+        "{ready}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn readiness_fails_while_draining() {
     let tmp = tempfile::tempdir().unwrap();
     let mut settings = test_settings(tmp.path());
-    settings.server.shutdown_linger_ms = 3000;
+    settings.server.shutdown_linger = Duration::from_millis(3000);
     trackd::telemetry::init(&settings.log);
     let app = Application::build(&settings).await.unwrap();
     let addr = app.local_addr();
@@ -319,19 +386,19 @@ async fn readiness_follows_a_redis_outage() {
     let mut redis = crate::servers::RedisServer::start_durable();
     let tmp = tempfile::tempdir().unwrap();
     let configure = |s: &mut trackd::config::Settings| {
-        s.tracking.sequence_store = "redis".into();
-        s.tracking.redis_url = redis.url();
+        s.tracking.sequence_store = SequenceStoreKind::Redis;
+        s.tracking.redis_url = redis.url().into();
         s.tracking.redis_key_prefix = format!("trackd-ops-test-{}", redis.port);
         s.tracking.redis_shards = 2;
         s.tracking.block_min = 10;
         s.tracking.block_max = 10;
-        s.tracking.wait_timeout_ms = 200;
-        s.tracking.store_timeout_ms = 200;
+        s.tracking.wait_timeout = Duration::from_millis(200);
+        s.tracking.store_timeout = Duration::from_millis(200);
     };
     let mut settings = test_settings(tmp.path());
     configure(&mut settings);
-    let key = settings.permutation_key().unwrap();
-    trackd::tracking::store::redis_from(&settings.tracking, &key)
+    let key = settings.tracking.permutation_key.unwrap();
+    trackd::tracking::store::redis::RedisStore::from_settings(&settings.tracking, &key)
         .init()
         .await
         .unwrap_or_else(|e| panic!("seq init: {e}\n{}", redis.log()));
@@ -493,9 +560,9 @@ async fn openapi_describes_the_whole_contract() {
         assert!(v["paths"][path]["get"].is_object(), "{path} not described");
     }
     // Every route template of the metrics is described (except `unmatched`).
-    for t in trackd::http::observe::ROUTES {
+    for t in trackd::http::route::TEMPLATES {
         assert!(
-            *t == trackd::http::observe::UNMATCHED || v["paths"][*t].is_object(),
+            *t == trackd::http::route::UNMATCHED || v["paths"][*t].is_object(),
             "{t}"
         );
     }

@@ -99,9 +99,9 @@ async fn spawn_policy_app(
 ) -> TestApp {
     let url = url.to_owned();
     spawn_app_with(move |s| {
-        s.policy.database_url = url;
-        s.policy.retry_ms = 200;
-        s.policy.connect_timeout_ms = 1000;
+        s.policy.database_url = url.into();
+        s.policy.retry = Duration::from_millis(200);
+        s.policy.connect_timeout = Duration::from_millis(1000);
         customize(s);
     })
     .await
@@ -321,7 +321,10 @@ async fn every_route_and_error_from_postgres() {
 async fn changes_in_postgres_are_served_within_a_second() {
     let db = TestDb::with_sample().await;
     // A long interval: only NOTIFY can make the change visible in time.
-    let app = spawn_policy_app(&db.url, |s| s.policy.refresh_interval_secs = 3600).await;
+    let app = spawn_policy_app(&db.url, |s| {
+        s.policy.refresh_interval = Duration::from_secs(3600)
+    })
+    .await;
     wait_loaded(&app).await;
     let c = connect(&db.url).await;
 
@@ -607,8 +610,8 @@ async fn the_cache_keeps_serving_when_postgres_stops() {
     let pg = PrivatePostgres::start(bin);
     prepare(&pg.url()).await;
     let app = spawn_policy_app(&pg.url(), |s| {
-        s.policy.refresh_interval_secs = 1;
-        s.policy.retry_ms = 100;
+        s.policy.refresh_interval = Duration::from_secs(1);
+        s.policy.retry = Duration::from_millis(100);
     })
     .await;
     wait_loaded(&app).await;

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use trackd::config::RecordsMode;
 use trackd::tracking::country::CountryCode;
 use trackd::tracking::number::TrackingNumber;
 
@@ -160,10 +161,13 @@ fn expected(sent: &Sent) -> Sent {
 async fn every_number_is_recorded_with_its_order(mode: &str) {
     let db = PgDatabase::create();
     let url = db.url();
-    let mode_owned = mode.to_owned();
+    let mode_value = match mode {
+        "durable" => RecordsMode::Durable,
+        _ => RecordsMode::Async,
+    };
     let app = spawn_app_with(move |s| {
-        s.records.mode = mode_owned;
-        s.records.postgres_url = url;
+        s.records.mode = mode_value;
+        s.records.postgres_url = url.into();
     })
     .await;
     let started = Instant::now();
@@ -310,7 +314,7 @@ async fn sigkill_in_durable_mode_with_the_embedded_store_loses_no_acknowledged_r
 
 #[tokio::test]
 async fn lookup_tells_a_typo_from_an_unknown_number() {
-    let app = spawn_app_with(|s| s.records.flush_interval_ms = 10).await;
+    let app = spawn_app_with(|s| s.records.flush_interval = Duration::from_millis(10)).await;
     let number = app.issue().await;
     // Async mode: the record is visible within the flush interval.
     let t0 = Instant::now();
@@ -396,7 +400,7 @@ fn batch_body(count: Option<u64>) -> Value {
 
 #[tokio::test]
 async fn batch_issuance_records_every_number_and_rejects_bad_bodies() {
-    let app = spawn_app_with(|s| s.records.mode = "durable".into()).await;
+    let app = spawn_app_with(|s| s.records.mode = RecordsMode::Durable).await;
     let post = |body: String, ct: &'static str| {
         app.client
             .post(app.url("/api/tracking-numbers"))
@@ -468,18 +472,37 @@ async fn batch_issuance_records_every_number_and_rejects_bad_bodies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_idempotency_key_gets_the_same_number_from_two_instances() {
+async fn an_idempotency_key_gets_the_same_number_from_two_instances_sharing_redis() {
     let redis = RedisServer::start();
     let db = PgDatabase::create();
-    let tmp = tempfile::tempdir().unwrap();
-    let env: Vec<(String, String)> = [
+    one_number_per_key_across_two_instances(&[
         ("TRACKD_TRACKING__SEQUENCE_STORE", "redis".to_owned()),
         ("TRACKD_TRACKING__REDIS_URL", redis.url()),
         ("TRACKD_RECORDS__POSTGRES_URL", db.url()),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.clone()))
-    .collect();
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotency_key_gets_the_same_number_from_two_instances_sharing_postgres() {
+    let db = PgDatabase::create();
+    one_number_per_key_across_two_instances(&[
+        ("TRACKD_TRACKING__SEQUENCE_STORE", "postgres".to_owned()),
+        ("TRACKD_TRACKING__POSTGRES_URL", db.url()),
+        ("TRACKD_RECORDS__POSTGRES_URL", db.url()),
+    ])
+    .await;
+}
+
+/// Two instances sharing `env`'s sequence store: a key answered by one is replayed by the
+/// other, concurrent first requests with one key on both get one number, the same key with
+/// other parameters is refused, and a label run is replayed too.
+async fn one_number_per_key_across_two_instances(env: &[(&str, String)]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     let (ok, out) = run_seq(&["init"], &env, tmp.path());
     assert!(ok, "{out}");
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -608,11 +631,11 @@ async fn a_down_record_store_slows_issuance_to_503_and_loses_no_record() {
     let pg = PrivatePostgres::start_installed();
     let url = pg.url();
     let app = spawn_app_with(|s| {
-        s.records.mode = "async".into();
-        s.records.postgres_url = url.clone();
+        s.records.mode = RecordsMode::Async;
+        s.records.postgres_url = url.clone().into();
         s.records.queue_capacity = 200;
         s.records.batch_max = 50;
-        s.records.wait_timeout_ms = 300;
+        s.records.wait_timeout = Duration::from_millis(300);
     })
     .await;
     let mut acknowledged = Vec::new();
@@ -704,9 +727,9 @@ async fn durable_numbers_answered_503_before_their_commit_reach_their_idempotenc
     let pg = PrivatePostgres::start_installed();
     let url = pg.url();
     let app = spawn_app_with(|s| {
-        s.records.mode = "durable".into();
-        s.records.postgres_url = url.clone();
-        s.records.wait_timeout_ms = 300;
+        s.records.mode = RecordsMode::Durable;
+        s.records.postgres_url = url.clone().into();
+        s.records.wait_timeout = Duration::from_millis(300);
     })
     .await;
     let first = app.issue().await;
@@ -768,11 +791,11 @@ async fn shutdown_gives_up_on_a_record_store_that_stays_down() {
     let pg = PrivatePostgres::start_installed();
     let url = pg.url();
     let app = spawn_app_with(|s| {
-        s.records.mode = "async".into();
-        s.records.postgres_url = url.clone();
-        s.server.shutdown_grace_ms = 1000;
+        s.records.mode = RecordsMode::Async;
+        s.records.postgres_url = url.clone().into();
+        s.server.shutdown_grace = Duration::from_millis(1000);
         // Idle connections closed at once: the grace period is spent on the records alone.
-        s.server.shutdown_linger_ms = 10;
+        s.server.shutdown_linger = Duration::from_millis(10);
     })
     .await;
     let first = app.issue().await;
@@ -799,12 +822,12 @@ async fn shutdown_gives_up_on_a_record_store_that_stays_down() {
 async fn a_start_that_fails_leaves_the_data_directory_free_for_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = crate::helpers::test_settings(dir.path());
-    s.records.mode = "durable".into();
+    s.records.mode = RecordsMode::Durable;
     // An application built and dropped unrun: its record writer ends and lets go of the files.
     let app = trackd::app::Application::build(&s).await.unwrap();
     drop(app);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    s.server.listen = taken.local_addr().unwrap().to_string();
+    s.server.listen = taken.local_addr().unwrap();
     let failed = build_when_free(&s).await.map(|_| ()).unwrap_err();
     assert!(
         matches!(failed, trackd::app::StartError::Bind { .. }),
@@ -812,7 +835,7 @@ async fn a_start_that_fails_leaves_the_data_directory_free_for_the_next() {
     );
     assert!(failed.to_string().contains("cannot listen"), "{failed}");
     // The port in use failed the start before it opened anything: the next one starts.
-    s.server.listen = "127.0.0.1:0".into();
+    s.server.listen = "127.0.0.1:0".parse().unwrap();
     let app = build_when_free(&s).await.unwrap();
     drop(app);
 }
@@ -825,9 +848,9 @@ async fn build_when_free(
     let start = Instant::now();
     loop {
         match trackd::app::Application::build(s).await {
-            Err(e @ (trackd::app::StartError::Store(_) | trackd::app::StartError::Database(_)))
-                if start.elapsed() < Duration::from_secs(5) =>
-            {
+            Err(
+                e @ (trackd::app::StartError::Tracking(_) | trackd::app::StartError::Database(_)),
+            ) if start.elapsed() < Duration::from_secs(5) => {
                 eprintln!("not yet: {e}");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -841,31 +864,35 @@ async fn build_when_free(
 async fn claims_settle_their_key_only_while_it_is_pending_under_them(
     store: &std::sync::Arc<trackd::idempotency::Idempotency>,
 ) -> trackd::idempotency::Claim {
-    use trackd::idempotency::Begin;
-    let begin = |key: &'static str| store.begin(key, "fp", Duration::ZERO);
+    use trackd::idempotency::{Begin, Key};
+    let key = |k: &str| Key::parse(k.as_bytes(), None).unwrap();
+    let (k, k_other) = (key("k"), key("k-other"));
     let fresh = |b: Begin| match b {
         Begin::Fresh(c) => c,
         other => panic!("not fresh: {other:?}"),
     };
-    let first = fresh(begin("k").await.unwrap());
-    assert_eq!(begin("k").await.unwrap(), Begin::InProgress);
+    let first = fresh(store.begin(&k, "fp", Duration::ZERO).await.unwrap());
+    assert_eq!(
+        store.begin(&k, "fp", Duration::ZERO).await.unwrap(),
+        Begin::InProgress
+    );
     // Another claim (as after a takeover elsewhere) cannot settle it.
-    let other = fresh(begin("k-other").await.unwrap());
-    assert!(!store.complete("k", &other, 201, "{}").await.unwrap());
-    assert!(!store.abandon("k", &other).await.unwrap());
+    let other = fresh(store.begin(&k_other, "fp", Duration::ZERO).await.unwrap());
+    assert!(!store.complete(&k, &other, 201, "{}").await.unwrap());
+    assert!(!store.abandon(&k, &other).await.unwrap());
     // Refreshed (a refresh whose reply was lost leaves the older copy: it still settles).
     tokio::time::sleep(Duration::from_millis(5)).await;
     let mut renewed = first.clone();
-    assert!(store.refresh("k", &mut renewed).await.unwrap());
+    assert!(store.refresh(&k, &mut renewed).await.unwrap());
     assert_ne!(renewed, first);
-    assert!(store.complete("k", &first, 201, "{\"n\":1}").await.unwrap());
+    assert!(store.complete(&k, &first, 201, "{\"n\":1}").await.unwrap());
     // A repeated completion succeeds; other answers and releases do not.
-    assert!(store.complete("k", &first, 201, "{\"n\":1}").await.unwrap());
-    assert!(!store.complete("k", &first, 201, "{\"n\":2}").await.unwrap());
-    assert!(!store.abandon("k", &first).await.unwrap());
-    assert!(!store.refresh("k", &mut renewed).await.unwrap());
+    assert!(store.complete(&k, &first, 201, "{\"n\":1}").await.unwrap());
+    assert!(!store.complete(&k, &first, 201, "{\"n\":2}").await.unwrap());
+    assert!(!store.abandon(&k, &first).await.unwrap());
+    assert!(!store.refresh(&k, &mut renewed).await.unwrap());
     assert_eq!(
-        begin("k").await.unwrap(),
+        store.begin(&k, "fp", Duration::ZERO).await.unwrap(),
         Begin::Replay {
             status: 201,
             body: "{\"n\":1}".into()
@@ -876,41 +903,96 @@ async fn claims_settle_their_key_only_while_it_is_pending_under_them(
 
 #[tokio::test]
 async fn idempotency_keys_in_redis_are_settled_only_under_their_claim() {
-    use trackd::idempotency::{Begin, Idempotency};
+    use trackd::idempotency::{Begin, Idempotency, Key, redis::RedisKeys};
     let redis = RedisServer::start();
-    let store = std::sync::Arc::new(Idempotency::redis(
+    let store = std::sync::Arc::new(Idempotency::new(RedisKeys::new(
         vec![redis.url()],
         false,
         "t",
         Duration::from_secs(1),
-    ));
+    )));
     let first = claims_settle_their_key_only_while_it_is_pending_under_them(&store).await;
-    // A stale pending entry of an older trackd (no claim field): taken over, and released by
-    // its new claim.
+    // A stale pending claim of an instance that died: taken over, and released by its new
+    // claim only.
     redis.cmd(&[
         "SET",
         "t:idem:old",
-        r#"{"fingerprint":"fp","at_ms":1,"status":null,"body":null,"owner":"gone"}"#,
+        r#"{"fingerprint":"fp","at_ms":1,"status":null,"body":null,"owner":"gone","claim":"dead"}"#,
         "EX",
         "600",
     ]);
-    let Begin::Fresh(taken) = store.begin("old", "fp", Duration::ZERO).await.unwrap() else {
+    let old = Key::parse(b"old", None).unwrap();
+    let Begin::Fresh(taken) = store.begin(&old, "fp", Duration::ZERO).await.unwrap() else {
         panic!("a stale entry is taken over");
     };
-    assert!(
-        !store.abandon("old", &first).await.unwrap(),
-        "another claim"
-    );
-    assert!(store.abandon("old", &taken).await.unwrap());
+    assert!(!store.abandon(&old, &first).await.unwrap(), "another claim");
+    assert!(store.abandon(&old, &taken).await.unwrap());
     assert_eq!(redis.cmd(&["EXISTS", "t:idem:old"]).trim(), "0");
 }
 
 #[tokio::test]
-async fn idempotency_keys_in_the_embedded_store_are_settled_only_under_their_claim() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = redb::Database::create(dir.path().join("keys.redb")).unwrap();
-    let store = std::sync::Arc::new(trackd::idempotency::Idempotency::embedded(
-        std::sync::Arc::new(db),
+async fn idempotency_keys_in_postgres_are_settled_only_under_their_claim() {
+    use trackd::idempotency::{Begin, Idempotency, Key, postgres::PostgresKeys};
+    let db = PgDatabase::create();
+    let store = std::sync::Arc::new(Idempotency::new(PostgresKeys::new(
+        &db.url(),
+        Duration::from_secs(1),
+    )));
+    let first = claims_settle_their_key_only_while_it_is_pending_under_them(&store).await;
+    // A stale pending claim of an instance that died: taken over, released by its new claim.
+    let (client, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .execute(
+            "INSERT INTO trackd_idempotency (key, entry, claim, pending, expires_at) \
+             VALUES ('old', $1, 'dead', true, now() + interval '1 hour')",
+            &[&r#"{"fingerprint":"fp","at_ms":1,"status":null,"body":null,"owner":"gone","claim":"dead"}"#],
+        )
+        .await
+        .unwrap();
+    let old = Key::parse(b"old", None).unwrap();
+    let Begin::Fresh(taken) = store.begin(&old, "fp", Duration::ZERO).await.unwrap() else {
+        panic!("a stale entry is taken over");
+    };
+    assert!(!store.abandon(&old, &first).await.unwrap(), "another claim");
+    assert!(store.abandon(&old, &taken).await.unwrap());
+    // An expired key is claimed anew, and the purge deletes what has expired.
+    client
+        .execute(
+            "UPDATE trackd_idempotency SET expires_at = now() - interval '1 second' \
+             WHERE key IN ('k', 'k-other')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let k = Key::parse(b"k", None).unwrap();
+    assert!(matches!(
+        store.begin(&k, "fp", Duration::ZERO).await.unwrap(),
+        Begin::Fresh(_)
     ));
+    use trackd::idempotency::Backend;
+    let purged = PostgresKeys::new(&db.url(), Duration::from_secs(1))
+        .purge_expired()
+        .await
+        .unwrap();
+    assert_eq!(purged, 1, "k-other");
+    let left: Vec<String> = client
+        .query("SELECT key FROM trackd_idempotency", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["k"], "only the new claim of k is left");
+}
+
+#[tokio::test]
+async fn idempotency_keys_in_the_embedded_store_are_settled_only_under_their_claim() {
+    use trackd::idempotency::{Idempotency, embedded::EmbeddedKeys};
+    let dir = tempfile::tempdir().unwrap();
+    let db = std::sync::Arc::new(redb::Database::create(dir.path().join("keys.redb")).unwrap());
+    let store = std::sync::Arc::new(Idempotency::new(EmbeddedKeys::open(db).unwrap()));
     claims_settle_their_key_only_while_it_is_pending_under_them(&store).await;
 }

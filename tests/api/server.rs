@@ -50,8 +50,8 @@ async fn oversized_uri_and_head_are_refused() {
 #[tokio::test]
 async fn slow_headers_and_idle_connections_are_closed() {
     let app = spawn_app_with(|s| {
-        s.server.header_read_timeout_ms = 300;
-        s.server.idle_timeout_ms = 600;
+        s.server.header_read_timeout = Duration::from_millis(300);
+        s.server.idle_timeout = Duration::from_millis(600);
     })
     .await;
     // Slowloris: half a request head, then nothing.

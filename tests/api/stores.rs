@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use trackd::config::Settings;
+use trackd::config::{SequenceStoreKind, Settings};
 use trackd::tracking::number::TrackingNumber;
 
 const PATH: &str = "/api/next-tracking-number/";
@@ -184,14 +184,14 @@ async fn three_processes_on_postgres_with_a_sigkill_issue_300k_distinct_numbers(
 
 fn redis_settings(url: String) -> impl FnOnce(&mut Settings) {
     move |s: &mut Settings| {
-        s.tracking.sequence_store = "redis".into();
-        s.tracking.redis_url = url;
+        s.tracking.sequence_store = SequenceStoreKind::Redis;
+        s.tracking.redis_url = url.into();
         s.tracking.redis_key_prefix = "t3".into();
         s.tracking.redis_shards = 4;
         s.tracking.block_min = 20;
         s.tracking.block_max = 20;
-        s.tracking.store_timeout_ms = 200;
-        s.tracking.wait_timeout_ms = 300;
+        s.tracking.store_timeout = Duration::from_millis(200);
+        s.tracking.wait_timeout = Duration::from_millis(300);
     }
 }
 

@@ -213,7 +213,7 @@ async fn store_outage_gives_503_with_retry_after_then_recovers() {
     let app = spawn_app_in(&dir, |s| {
         s.tracking.block_min = 10;
         s.tracking.block_max = 10;
-        s.tracking.wait_timeout_ms = 300;
+        s.tracking.wait_timeout = Duration::from_millis(300);
         s.tracking.retry_after_secs = 2;
     })
     .await;

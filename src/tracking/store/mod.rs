@@ -4,8 +4,6 @@ pub mod embedded;
 pub mod postgres;
 pub mod redis;
 
-use crate::config::{TrackingSettings, ms};
-use crate::tracking::permute::PermutationKey;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -73,27 +71,4 @@ pub trait SequenceStore: Send + Sync + 'static {
     fn report(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
-}
-
-/// The Redis store described by the configuration.
-pub fn redis_from(t: &TrackingSettings, key: &PermutationKey) -> redis::RedisStore {
-    redis::RedisStore::new(redis::RedisConfig {
-        urls: t.redis_urls(),
-        cluster: t.redis_cluster,
-        prefix: t.redis_key_prefix.clone(),
-        shards: t.redis_shards,
-        timeout: ms(t.store_timeout_ms),
-        wait_aof: t.redis_wait_aof,
-        key_fingerprint: key.fingerprint(),
-    })
-}
-
-/// The PostgreSQL store described by the configuration.
-pub fn postgres_from(t: &TrackingSettings, key: &PermutationKey) -> postgres::PostgresStore {
-    postgres::PostgresStore::new(
-        &t.postgres_url,
-        &t.postgres_segment,
-        ms(t.store_timeout_ms),
-        key.fingerprint(),
-    )
 }

@@ -3,10 +3,14 @@
 //! deployments with PostgreSQL and no Redis. Each reservation is one committed statement.
 
 use super::{Block, ReserveFuture, SequenceStore, StoreError};
+use crate::config::TrackingSettings;
+use crate::support::lazy::Lazy;
+use crate::support::pg;
 use crate::tracking::number::CODE_SPACE;
+use crate::tracking::permute::PermutationKey;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS trackd_sequence (
     segment text PRIMARY KEY,
@@ -20,7 +24,7 @@ pub struct PostgresStore {
     segment: String,
     timeout: Duration,
     key_fingerprint: String,
-    client: tokio::sync::Mutex<Option<Client>>,
+    client: Lazy<Client>,
     /// Highest value this instance has seen: a lower one means the row went backwards.
     seen: AtomicU64,
 }
@@ -29,62 +33,59 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("postgres: {e}"))
 }
 
-/// Connects within `timeout` and drives the connection on its own task (logging, as `what`,
-/// when it closes). Shared by the PostgreSQL stores.
-pub async fn connect(url: &str, timeout: Duration, what: &'static str) -> Result<Client, String> {
-    let (client, conn) = tokio::time::timeout(timeout, tokio_postgres::connect(url, NoTls))
-        .await
-        .map_err(|_| "connection timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "postgres {what} connection closed");
-        }
-    });
-    Ok(client)
-}
-
 impl PostgresStore {
+    /// The store of the configuration's `tracking` section.
+    pub fn from_settings(t: &TrackingSettings, key: &PermutationKey) -> Self {
+        Self::new(
+            t.postgres_url.expose(),
+            &t.postgres_segment,
+            t.store_timeout,
+            key.fingerprint(),
+        )
+    }
+
     pub fn new(url: &str, segment: &str, timeout: Duration, key_fingerprint: String) -> Self {
         Self {
             url: url.to_owned(),
             segment: segment.to_owned(),
             timeout,
             key_fingerprint,
-            client: tokio::sync::Mutex::new(None),
+            client: Lazy::new(),
             seen: AtomicU64::new(0),
         }
     }
 
     async fn connect(&self) -> Result<Client, StoreError> {
-        connect(&self.url, self.timeout, "sequence store")
+        pg::connect(&self.url, self.timeout, "sequence store")
             .await
             .map_err(unavailable)
     }
 
-    async fn reserve_inner(&self, count: u64) -> Result<Block, StoreError> {
-        let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            let client = self.connect().await?;
-            let row = client
-                .query_opt(
-                    "SELECT key_fingerprint FROM trackd_sequence WHERE segment = $1",
-                    &[&self.segment],
-                )
-                .await
-                .map_err(|e| self.missing_or(e))?;
-            match row {
-                None => return Err(self.missing()),
-                Some(r) if r.get::<_, &str>(0) != self.key_fingerprint => {
-                    return Err(StoreError::Corrupt(
+    /// A new connection, after checking the segment exists for this permutation key.
+    async fn connect_checked(&self) -> Result<Client, StoreError> {
+        let client = self.connect().await?;
+        let row = client
+            .query_opt(
+                "SELECT key_fingerprint FROM trackd_sequence WHERE segment = $1",
+                &[&self.segment],
+            )
+            .await
+            .map_err(|e| self.missing_or(e))?;
+        match row {
+            None => return Err(self.missing()),
+            Some(r) if r.get::<_, &str>(0) != self.key_fingerprint => {
+                return Err(StoreError::Corrupt(
                         "tracking.permutation_key differs from the key this segment was initialised with".into(),
                     ));
-                }
-                Some(_) => {}
             }
-            *guard = Some(client);
+            Some(_) => {}
         }
-        let client = guard.as_ref().expect("connected above");
+        Ok(client)
+    }
+
+    async fn reserve_inner(&self, count: u64) -> Result<Block, StoreError> {
+        let mut slot = self.client.lock().await;
+        let client = slot.get(|| self.connect_checked()).await?;
         let seen = self.seen.load(Ordering::Relaxed) as i64;
         let row = client
             .query_opt(
@@ -187,17 +188,13 @@ impl SequenceStore for PostgresStore {
         Box::pin(async move {
             match tokio::time::timeout(self.timeout * 2, self.reserve_inner(count)).await {
                 Ok(r) => {
-                    if matches!(r, Err(StoreError::Unavailable(_)))
-                        && let Ok(mut g) = self.client.try_lock()
-                    {
-                        *g = None;
+                    if matches!(r, Err(StoreError::Unavailable(_))) {
+                        self.client.reset_if_idle();
                     }
                     r
                 }
                 Err(_) => {
-                    if let Ok(mut g) = self.client.try_lock() {
-                        *g = None;
-                    }
+                    self.client.reset_if_idle();
                     Err(unavailable("did not answer in time"))
                 }
             }

@@ -10,11 +10,12 @@
 //! service (logged, shown in `/readyz`) until an operator runs `trackd seq repair`.
 
 use super::{Block, ReserveFuture, SequenceStore, StoreError};
+use crate::config::TrackingSettings;
+use crate::support::lazy::Lazy;
+use crate::support::redis::{Conn, breaks_connection, connect};
 use crate::tracking::number::CODE_SPACE;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use crate::tracking::permute::PermutationKey;
+use redis::{Script, Value};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -57,62 +58,6 @@ pub struct RedisConfig {
     pub key_fingerprint: String,
 }
 
-/// A connection to a single Redis or a Redis Cluster (also used by the idempotency keys).
-pub(crate) enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-/// Connects to one Redis (reconnecting by itself) or to a cluster given its seed nodes.
-pub(crate) async fn connect(
-    urls: &[String],
-    cluster: bool,
-    timeout: Duration,
-) -> redis::RedisResult<Conn> {
-    Ok(if cluster {
-        let client = ClusterClient::builder(urls.to_vec())
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
-            .retries(1)
-            .build()?;
-        Conn::Cluster(client.get_async_connection().await?)
-    } else {
-        let client = redis::Client::open(urls[0].as_str())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        Conn::Single(client.get_connection_manager_with_config(config).await?)
-    })
-}
-
 /// Health of one shard counter.
 #[derive(Debug, Clone)]
 struct Shard {
@@ -128,7 +73,7 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct RedisStore {
     cfg: RedisConfig,
-    conn: tokio::sync::Mutex<Option<Conn>>,
+    conn: Lazy<Conn>,
     shards: Mutex<(Vec<Shard>, usize)>,
     reserve: Script,
     /// The server has WAITAOF (checked at connect, when `wait_aof` is set).
@@ -136,6 +81,19 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
+    /// The store of the configuration's `tracking` section.
+    pub fn from_settings(t: &TrackingSettings, key: &PermutationKey) -> Self {
+        Self::new(RedisConfig {
+            urls: t.redis_urls(),
+            cluster: t.redis_cluster,
+            prefix: t.redis_key_prefix.clone(),
+            shards: t.redis_shards,
+            timeout: t.store_timeout,
+            wait_aof: t.redis_wait_aof,
+            key_fingerprint: key.fingerprint(),
+        })
+    }
+
     /// Creates the store; it connects lazily, so trackd starts (not ready) while Redis is down.
     pub fn new(cfg: RedisConfig) -> Self {
         let n = cfg.shards as usize;
@@ -145,7 +103,7 @@ impl RedisStore {
         let start = u16::from_le_bytes(start) as usize % n;
         Self {
             shards: Mutex::new((vec![Shard { seen: 0, out: None }; n], start)),
-            conn: tokio::sync::Mutex::new(None),
+            conn: Lazy::new(),
             reserve: Script::new(RESERVE_LUA),
             waitaof: AtomicBool::new(false),
             cfg,
@@ -282,13 +240,14 @@ impl RedisStore {
     }
 
     async fn reserve_inner(&self, count: u64) -> Result<Block, StoreError> {
-        let mut guard = self.conn.lock().await;
-        if guard.is_none() {
-            let mut conn = self.connect().await?;
-            self.check_meta(&mut conn).await?;
-            *guard = Some(conn);
-        }
-        let conn = guard.as_mut().expect("connected above");
+        let mut slot = self.conn.lock().await;
+        let conn = slot
+            .get(|| async {
+                let mut conn = self.connect().await?;
+                self.check_meta(&mut conn).await?;
+                Ok::<_, StoreError>(conn)
+            })
+            .await?;
         let stride = self.cfg.shards as u64;
         for _ in 0..self.cfg.shards {
             let (shard, floor) = self.pick_shard()?;
@@ -339,8 +298,8 @@ impl RedisStore {
                     self.mark(shard, Err(e.to_string()));
                 }
                 Err(e) => {
-                    if e.is_unrecoverable_error() || e.is_connection_dropped() || e.is_io_error() {
-                        *guard = None; // reconnect next time
+                    if breaks_connection(&e) {
+                        slot.reset();
                     }
                     return Err(StoreError::Unavailable(format!("redis: {e}")));
                 }
@@ -464,9 +423,7 @@ impl SequenceStore for RedisStore {
                 Ok(r) => r,
                 Err(_) => {
                     // The connection may be wedged: start afresh next time.
-                    if let Ok(mut g) = self.conn.try_lock() {
-                        *g = None;
-                    }
+                    self.conn.reset_if_idle();
                     Err(StoreError::Unavailable(
                         "redis did not answer in time".into(),
                     ))

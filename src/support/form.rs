@@ -1,5 +1,6 @@
 //! URL query-string decoding (`application/x-www-form-urlencoded`): percent-escapes, `+` as
-//! space, invalid UTF-8 reported instead of silently replaced.
+//! space, invalid UTF-8 reported instead of silently replaced. [`pairs`] decodes lazily, one
+//! parameter at a time; [`Query`] keeps them for lookups by name.
 
 use std::borrow::Cow;
 
@@ -23,29 +24,22 @@ pub enum Param<'q> {
     Value(&'q str),
 }
 
+/// The parameters of a query string, decoded one at a time, in order, duplicates kept. A key
+/// that is not UTF-8 cannot name a known parameter: it is left out.
+pub fn pairs(raw: Option<&str>) -> impl Iterator<Item = (Cow<'_, str>, Value<'_>)> {
+    raw.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((decode(k).ok()?, decode(v)))
+        })
+}
+
 impl<'a> Query<'a> {
     pub fn parse(raw: Option<&'a str>) -> Self {
-        let pairs = raw
-            .unwrap_or("")
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .filter_map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                // A key that is not UTF-8 cannot name a known parameter: ignore it.
-                let key = decode(k).ok()?;
-                Some((key, decode(v)))
-            })
-            .collect();
-        Self { pairs }
-    }
-
-    /// Parameters given as already-decoded pairs (e.g. the fields of a JSON body).
-    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Query<'static> {
-        Query {
-            pairs: pairs
-                .into_iter()
-                .map(|(k, v)| (Cow::Owned(k), Ok(Cow::Owned(v))))
-                .collect(),
+        Self {
+            pairs: pairs(raw).collect(),
         }
     }
 

@@ -1,0 +1,12 @@
+//! Small building blocks shared by the subsystems, one of each: retry backoff ([`backoff`]),
+//! a lazily connected client ([`lazy`]), PostgreSQL connections with a time limit ([`pg`]),
+//! Redis connections ([`redis`]), RFC 3339 instants ([`rfc3339`]), query-string decoding
+//! ([`form`]) and random identifiers ([`random`]).
+
+pub mod backoff;
+pub mod form;
+pub mod lazy;
+pub mod pg;
+pub mod random;
+pub mod redis;
+pub mod rfc3339;
