@@ -85,7 +85,8 @@ impl Application {
             .map_err(|source| StartError::Bind { addr, source })?;
         let t = &settings.tracking;
         let data_dir = &settings.storage.data_dir;
-        let (store, key) = tracking::open_store(t, data_dir)?;
+        let floors_url = Some(settings.records.postgres_url.expose()).filter(|u| !u.is_empty());
+        let (store, key) = tracking::open_store(t, data_dir, floors_url)?;
         let mut db = EmbeddedDb {
             dir: data_dir.clone(),
             db: None,

@@ -74,11 +74,12 @@ pub enum Command {
 pub enum SeqAction {
     /// Record a new deployment and create its counters (keeps existing ones).
     Init,
-    /// After Redis/PostgreSQL lost data: make every counter continue above sequence number N
-    /// (the highest sequence number that may have been issued; `trackd check` shows it).
+    /// After Redis/PostgreSQL lost data: make every counter continue above the highest
+    /// sequence number that may have been issued, found from the records, the floors and the
+    /// counters (printed); `--floor N` gives it, refused below what those show.
     Repair {
         #[arg(long, value_name = "N")]
-        floor: u64,
+        floor: Option<u64>,
     },
 }
 
@@ -199,30 +200,131 @@ fn seq(settings: &Settings, action: SeqAction) -> ExitCode {
         eprintln!("trackd: tracking.permutation_key must be set (the same on every instance)");
         return ExitCode::from(EXIT_CONFIG);
     };
+    if t.sequence_store == SequenceStoreKind::Embedded {
+        eprintln!(
+            "trackd: `trackd seq` operates shared stores; tracking.sequence_store is 'embedded'"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let rt = match command_runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    let records_url = Some(settings.records.postgres_url.expose()).filter(|u| !u.is_empty());
     let result = rt.block_on(async {
-        match (t.sequence_store, action) {
-            (SequenceStoreKind::Redis, SeqAction::Init) => {
-                RedisStore::from_settings(t, &key).init().await
-            }
-            (SequenceStoreKind::Redis, SeqAction::Repair { floor }) => {
-                RedisStore::from_settings(t, &key).repair(floor).await
-            }
-            (SequenceStoreKind::Postgres, SeqAction::Init) => {
-                PostgresStore::from_settings(t, &key).init().await
-            }
-            (SequenceStoreKind::Postgres, SeqAction::Repair { floor }) => {
-                PostgresStore::from_settings(t, &key).repair(floor).await
-            }
-            (SequenceStoreKind::Embedded, _) => Err(StoreError::Unavailable(
-                "`trackd seq` operates shared stores; tracking.sequence_store is 'embedded'".into(),
-            )),
+        let floors = crate::tracking::floors(t, &key, &settings.storage.data_dir, records_url)
+            .map_err(|e| e.to_string())?;
+        let store = match t.sequence_store {
+            SequenceStoreKind::Redis => Shared::Redis(RedisStore::from_settings(t, &key, floors)),
+            _ => Shared::Postgres(PostgresStore::from_settings(t, &key, floors)),
+        };
+        match action {
+            SeqAction::Init => store.init().await.map_err(|e| e.to_string()),
+            SeqAction::Repair { floor } => repair(settings, &store, floor).await,
         }
     });
     report(result)
+}
+
+/// The shared store a `trackd seq` command operates.
+enum Shared {
+    Redis(RedisStore),
+    Postgres(PostgresStore),
+}
+
+impl Shared {
+    async fn init(&self) -> Result<String, StoreError> {
+        match self {
+            Shared::Redis(s) => s.init().await,
+            Shared::Postgres(s) => s.init().await,
+        }
+    }
+
+    async fn repair(&self, floor: u64) -> Result<String, StoreError> {
+        match self {
+            Shared::Redis(s) => s.repair(floor).await,
+            Shared::Postgres(s) => s.repair(floor).await,
+        }
+    }
+
+    async fn highest_in_floors(&self) -> Result<Option<u64>, StoreError> {
+        match self {
+            Shared::Redis(s) => s.highest_in_floors().await,
+            Shared::Postgres(s) => s.highest_in_floors().await,
+        }
+    }
+
+    async fn highest_reserved(&self) -> Result<Option<u64>, StoreError> {
+        match self {
+            Shared::Redis(s) => s.highest_reserved().await,
+            Shared::Postgres(s) => s.highest_reserved().await,
+        }
+    }
+}
+
+/// `trackd seq repair`: every source that knows of issued or reserved numbers is read (the
+/// records, this instance's and the deployment's floors, the counters as they are); numbers
+/// continue above the highest of them, or above `--floor` if that is not lower.
+async fn repair(settings: &Settings, store: &Shared, given: Option<u64>) -> Result<String, String> {
+    use crate::records::{embedded, postgres};
+    let mut known: Vec<(String, Option<u64>)> = Vec::new();
+    let mut unread: Vec<String> = Vec::new();
+    let mut note = |what: &str, r: Result<Option<u64>, String>| match r {
+        Ok(v) => known.push((what.to_owned(), v)),
+        Err(e) => unread.push(format!("{what}: {e}")),
+    };
+    let r = &settings.records;
+    if !r.postgres_url.is_empty() {
+        note(
+            "records in PostgreSQL",
+            postgres::highest_seq(r.postgres_url.expose(), settings.tracking.store_timeout)
+                .await
+                .map_err(|e| e.to_string()),
+        );
+    } else {
+        note(
+            "this instance's embedded records",
+            embedded::highest_seq(&settings.storage.data_dir),
+        );
+    }
+    note(
+        "the floors (this instance's and the deployment's)",
+        store.highest_in_floors().await.map_err(|e| e.to_string()),
+    );
+    note(
+        "the counters as they are",
+        store.highest_reserved().await.map_err(|e| e.to_string()),
+    );
+    let highest = known
+        .iter()
+        .filter_map(|(what, v)| v.map(|v| (v, what.as_str())))
+        .max();
+    let floor = match (given, highest) {
+        (Some(f), Some((h, what))) if f < h => {
+            return Err(format!(
+                "--floor {f} is below sequence {h}, which {what} show(s) was reserved or issued: \
+                 numbers above {f} could then be issued twice. Repair without --floor, or with \
+                 --floor {h} or more"
+            ));
+        }
+        (Some(f), _) => f,
+        (None, Some((h, _))) => h,
+        (None, None) => 0,
+    };
+    let mut lines: Vec<String> = known
+        .iter()
+        .map(|(what, v)| match v {
+            Some(v) => format!("  {what}: highest sequence {v}"),
+            None => format!("  {what}: none"),
+        })
+        .collect();
+    lines.extend(unread.iter().map(|u| format!("  not read: {u}")));
+    let done = store.repair(floor).await.map_err(|e| e.to_string())?;
+    Ok(format!(
+        "floor {floor}{}; what was known:\n{}\n{done}",
+        if given.is_some() { " (given)" } else { "" },
+        lines.join("\n")
+    ))
 }
 
 fn db(settings: &Settings, action: DbAction) -> ExitCode {

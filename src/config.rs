@@ -77,9 +77,12 @@ pub struct TrackingSettings {
     pub redis_cluster: bool,
     pub redis_key_prefix: String,
     pub redis_shards: u32,
-    pub redis_wait_aof: bool,
+    pub redis_durability: Durability,
+    pub redis_min_replicas: u32,
     pub postgres_url: Secret,
     pub postgres_segment: String,
+    pub postgres_durability: Durability,
+    pub deployment_floors: bool,
     #[serde(deserialize_with = "permutation_key")]
     pub permutation_key: Option<PermutationKey>,
     #[serde(rename = "wait_timeout_ms", deserialize_with = "millis")]
@@ -100,6 +103,22 @@ impl TrackingSettings {
             .map(|u| u.trim().to_owned())
             .collect()
     }
+}
+
+/// How trackd knows that a reservation the shared sequence store acknowledged survives the
+/// store's crash (so that no number is issued twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Durability {
+    /// Read the server's settings at connect and after every reconnect; refuse weaker ones.
+    #[serde(rename = "check")]
+    Check,
+    /// The server cannot be asked (a managed Redis without `CONFIG`): the operator declares
+    /// every acknowledged write durable.
+    #[serde(rename = "declared")]
+    Declared,
+    /// Issue whatever the server does: a crash or failover can make numbers issued twice.
+    #[serde(rename = "unsafe-may-reissue")]
+    UnsafeMayReissue,
 }
 
 /// Whether, and how, issued numbers are recorded.
@@ -467,6 +486,9 @@ impl TrackingSettings {
                 }
                 if !(1..=1024).contains(&self.redis_shards) {
                     e.push("tracking.redis_shards: must be between 1 and 1024".into());
+                }
+                if self.redis_min_replicas > 64 {
+                    e.push("tracking.redis_min_replicas: at most 64".into());
                 }
             }
             SequenceStoreKind::Postgres => {

@@ -149,7 +149,7 @@ fn describe() {
     describe_counter!(
         STORE_ERRORS,
         Unit::Count,
-        "Sequence store failures, by kind: unavailable (unreachable, timeout), corrupt (counter loss or inconsistency, also per Redis shard taken out of service or re-probed), exhausted."
+        "Sequence store failures, by kind: unavailable (unreachable, timeout, a reservation not confirmed), corrupt (counter loss or inconsistency, also per Redis shard taken out of service or re-probed), refused (a store that could lose acknowledged reservations), exhausted."
     );
     describe_gauge!(
         STORE_UP,

@@ -36,6 +36,45 @@ pub fn open(data_dir: &Path) -> Result<Arc<Database>, String> {
     Ok(Arc::new(db))
 }
 
+/// The highest sequence number recorded in the data directory `data_dir` (the redb index and
+/// the journal frames after its checkpoint), read without changing anything; `None`: no
+/// record. Fails while a running trackd holds the files.
+pub fn highest_seq(data_dir: &Path) -> Result<Option<u64>, String> {
+    let path = data_dir.join("trackd.redb");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let db = Database::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    let mut highest = None;
+    let from = match tx.open_table(META) {
+        Ok(meta) => stored_checkpoint(&meta).map_err(|e| e.to_string())?,
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(e) => return Err(e.to_string()),
+    };
+    match tx.open_table(RECORD_GROUPS) {
+        Ok(groups) => {
+            if let Some((_, v)) = groups.last().map_err(|e| e.to_string())? {
+                let batch = Batch::from_bytes(v.value().to_vec())
+                    .ok_or("the last record group does not decode")?;
+                highest = batch.entries().map(|e| e.seq).max();
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let journal_dir = data_dir.join("records-journal");
+    if journal_dir.exists() {
+        let replay = journal::replay(&journal_dir, from).map_err(|e| e.to_string())?;
+        for payload in replay.payloads {
+            if let Some(batch) = Batch::from_bytes(payload) {
+                highest = highest.max(batch.entries().map(|e| e.seq).max());
+            }
+        }
+    }
+    Ok(highest)
+}
+
 /// Bookkeeping: the journal checkpoint.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Every journal segment below this number is applied to the records table durably.

@@ -52,6 +52,7 @@ pub fn start(
             r.postgres_url.expose(),
             store_timeout,
             POSTGRES_DURABLE_WRITERS,
+            permutation,
         );
         (Arc::new(sink), POSTGRES_DURABLE_WRITERS)
     } else {

@@ -1,11 +1,15 @@
-//! The PostgreSQL record store: table `tracking_numbers` keyed by the number, filled by binary
-//! `COPY` (one statement per batch; a retried batch goes through a staging table with
-//! `ON CONFLICT DO NOTHING`, since the failed attempt may have committed).
+//! The PostgreSQL record store: table `tracking_numbers` keyed by the sequence number behind
+//! each tracking number, filled by binary `COPY` (one statement per batch; a retried batch goes
+//! through a staging table with `ON CONFLICT DO NOTHING`, since the failed attempt may have
+//! committed). Keyed by sequence, not by the (pseudo-random) number, inserts land on the index
+//! pages of the blocks being issued instead of random ones; a lookup inverts the permutation
+//! to find the key.
 
 use super::{Batch, Fields, Record, RecordSink, SinkError, SinkFuture};
 use crate::support::lazy::Lazy;
 use crate::support::pg;
 use crate::tracking::number::TrackingNumber;
+use crate::tracking::permute::Permutation;
 use bytes::{BufMut, BytesMut};
 use futures_util::SinkExt;
 use std::sync::Arc;
@@ -13,7 +17,8 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tracking_numbers (
-    tracking_number char(16) PRIMARY KEY,
+    seq bigint PRIMARY KEY,
+    tracking_number char(16) NOT NULL,
     customer_id uuid NOT NULL,
     customer_name text NOT NULL,
     customer_slug text NOT NULL,
@@ -22,9 +27,10 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tracking_numbers (
     weight_grams integer NOT NULL CHECK (weight_grams > 0),
     order_created_at timestamptz,
     issued_at timestamptz NOT NULL
-)";
+);
+CREATE INDEX IF NOT EXISTS tracking_numbers_issued_at ON tracking_numbers USING brin (issued_at)";
 
-const COLUMNS: &str = "tracking_number, customer_id, customer_name, customer_slug, \
+const COLUMNS: &str = "seq, tracking_number, customer_id, customer_name, customer_slug, \
     origin_country_id, destination_country_id, weight_grams, order_created_at, issued_at";
 
 /// PostgreSQL's epoch (2000-01-01) in Unix microseconds: binary timestamps count from it.
@@ -37,13 +43,14 @@ pub fn copy_payload(batch: &Batch) -> Option<bytes::Bytes> {
         out.put_i32(v.len() as i32);
         out.put_slice(v);
     }
-    let mut out = BytesMut::with_capacity(19 + batch.as_bytes().len() + batch.len() * 48 + 2);
+    let mut out = BytesMut::with_capacity(19 + batch.as_bytes().len() + batch.len() * 60 + 2);
     out.put_slice(b"PGCOPY\n\xff\r\n\0");
     out.put_i32(0); // flags
     out.put_i32(0); // header extension length
     for e in batch.entries() {
         let f = Fields::parse(e.value)?;
-        out.put_i16(9);
+        out.put_i16(10);
+        field(&mut out, &i64::try_from(e.seq).ok()?.to_be_bytes());
         field(&mut out, e.number);
         field(&mut out, f.customer_id);
         field(&mut out, f.customer_name.as_bytes());
@@ -72,6 +79,7 @@ pub struct PostgresRecords {
     writers: Vec<Lazy<Client>>,
     reader: Lazy<Client>,
     schema: tokio::sync::OnceCell<()>,
+    permutation: Permutation,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> SinkError {
@@ -84,13 +92,14 @@ fn pg_error(e: tokio_postgres::Error) -> SinkError {
 }
 
 impl PostgresRecords {
-    pub fn new(url: &str, timeout: Duration, connections: usize) -> Self {
+    pub fn new(url: &str, timeout: Duration, connections: usize, permutation: Permutation) -> Self {
         Self {
             url: url.to_owned(),
             timeout,
             writers: (0..connections.max(1)).map(|_| Lazy::new()).collect(),
             reader: Lazy::new(),
             schema: tokio::sync::OnceCell::new(),
+            permutation,
         }
     }
 
@@ -150,7 +159,7 @@ impl PostgresRecords {
                     client
                         .batch_execute(
                             "INSERT INTO tracking_numbers SELECT * FROM tracking_numbers_staging \
-                             ON CONFLICT (tracking_number) DO NOTHING; COMMIT",
+                             ON CONFLICT (seq) DO NOTHING; COMMIT",
                         )
                         .await
                         .map_err(pg_error)
@@ -173,6 +182,22 @@ impl PostgresRecords {
     }
 }
 
+/// The highest sequence number recorded in the `tracking_numbers` table at `url` (`None`: no
+/// record, or no table).
+pub async fn highest_seq(url: &str, timeout: Duration) -> Result<Option<u64>, SinkError> {
+    let client = pg::connect(url, timeout, "records")
+        .await
+        .map_err(unavailable)?;
+    match client
+        .query_one("SELECT max(seq) FROM tracking_numbers", &[])
+        .await
+    {
+        Ok(row) => Ok(row.get::<_, Option<i64>>(0).map(|v| v as u64)),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(None),
+        Err(e) => Err(pg_error(e)),
+    }
+}
+
 impl RecordSink for PostgresRecords {
     fn write(&self, batch: Arc<Batch>, retry: bool) -> SinkFuture<'_, ()> {
         Box::pin(async move { self.write_batch(&batch, retry).await })
@@ -188,11 +213,12 @@ impl RecordSink for PostgresRecords {
                 .await
                 .map_err(|_| unavailable("lookup waited too long for the reader connection"))?;
             let client = slot.get(|| self.connect()).await?;
+            let seq = self.permutation.invert(number.code());
             let row = match tokio::time::timeout(
                 self.timeout * 4,
                 client.query_opt(
-                    &format!("SELECT {COLUMNS} FROM tracking_numbers WHERE tracking_number = $1"),
-                    &[&number.as_str()],
+                    &format!("SELECT {COLUMNS} FROM tracking_numbers WHERE seq = $1"),
+                    &[&(seq as i64)],
                 ),
             )
             .await
@@ -208,17 +234,19 @@ impl RecordSink for PostgresRecords {
                     });
                 }
             };
+            // The same sequence with other country codes is another number, never issued.
+            let row = row.filter(|r| r.get::<_, &str>(1) == number.as_str());
             Ok(row.map(|row| {
-                let weight: i32 = row.get(6);
+                let weight: i32 = row.get(7);
                 Record {
-                    seq: 0, // not stored in PostgreSQL; not part of the lookup body
+                    seq,
                     number: *number,
-                    customer_id: row.get(1),
-                    customer_name: row.get(2),
-                    customer_slug: row.get(3),
+                    customer_id: row.get(2),
+                    customer_name: row.get(3),
+                    customer_slug: row.get(4),
                     weight_grams: weight as u32,
-                    order_created_at: row.get(7),
-                    issued_at: row.get(8),
+                    order_created_at: row.get(8),
+                    issued_at: row.get(9),
                 }
                 .to_json()
             }))

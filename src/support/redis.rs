@@ -3,16 +3,42 @@
 //! time limits on connecting and on every reply.
 
 use super::lazy::Connection;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisFuture, Value};
 use std::time::Duration;
 
-/// A connection to a single Redis or a Redis Cluster.
+/// A connection to a single Redis or a Redis Cluster. A single server's connection does not
+/// reconnect by itself: a failure drops it, and whoever holds it connects anew (and checks
+/// the server again, see [`super::lazy`]).
 pub enum Conn {
-    Single(ConnectionManager),
+    Single(MultiplexedConnection),
     Cluster(ClusterConnection),
+}
+
+impl Conn {
+    /// Runs `cmd` (a command without keys, such as `WAIT`) on the node that holds `key`.
+    pub async fn on_node_of<T: FromRedisValue>(
+        &mut self,
+        key: &str,
+        cmd: &Cmd,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => {
+                let route = Route::with_key(key, SlotAddr::Master);
+                let v = c
+                    .route_command(
+                        cmd.clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                T::from_redis_value(v).map_err(Into::into)
+            }
+        }
+    }
 }
 
 impl Connection for Conn {}
@@ -43,7 +69,7 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// Connects to one Redis (reconnecting by itself) or to a cluster given its seed nodes.
+/// Connects to one Redis or to a cluster given its seed nodes.
 pub async fn connect(
     urls: &[String],
     cluster: bool,
@@ -59,12 +85,14 @@ pub async fn connect(
     } else {
         let url = urls.first().map_or("", String::as_str);
         let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
+        let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        Conn::Single(client.get_connection_manager_with_config(config).await?)
+            .set_response_timeout(Some(timeout));
+        Conn::Single(
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?,
+        )
     })
 }
 

@@ -16,8 +16,8 @@ use permute::{Permutation, PermutationKey};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use store::SequenceStore;
 use store::embedded::{self, EmbeddedStore, OpenError};
+use store::{Floors, SequenceStore, StoreError, floors};
 use time::OffsetDateTime;
 
 /// Why the sequence store could not be opened.
@@ -33,28 +33,62 @@ pub enum StartError {
     KeyRequired,
     #[error("cannot start the allocator actor: {0}")]
     Actor(String),
+    #[error("the sequence store's floors: {0}")]
+    Floors(#[from] StoreError),
+}
+
+/// The floors of the shared store of the `tracking` section: this instance's in `data_dir`,
+/// and the deployment's in the PostgreSQL database `floors_url` (the records', when they are
+/// kept there and `tracking.deployment_floors` is on).
+pub fn floors(
+    t: &TrackingSettings,
+    key: &PermutationKey,
+    data_dir: &Path,
+    floors_url: Option<&str>,
+) -> Result<Floors, StoreError> {
+    let (deployment, counters) = match t.sequence_store {
+        SequenceStoreKind::Redis => (
+            store::redis::RedisStore::config(t, key).deployment(),
+            t.redis_shards as usize,
+        ),
+        SequenceStoreKind::Postgres => (store::postgres::PostgresStore::deployment(t, key), 1),
+        SequenceStoreKind::Embedded => return Ok(Floors::default()),
+    };
+    let local = floors::LocalFloors::open(data_dir, &deployment, counters)?;
+    let deployment_floors = floors_url
+        .filter(|_| t.deployment_floors)
+        .map(|url| floors::DeploymentFloors::new(url, t.store_timeout, &deployment));
+    Ok(Floors {
+        local: Some(Arc::new(local)),
+        deployment: deployment_floors,
+    })
 }
 
 /// The sequence store of the configuration's `tracking` section and the permutation key to
-/// encode with: the configured key with a shared store; with the embedded store, the key kept
-/// in the data directory (the configured one on a first start), refusing a configured key that
-/// differs from it.
+/// encode with: the configured key with a shared store (checked against its floors, see
+/// [`floors`]); with the embedded store, the key kept in the data directory (the configured
+/// one on a first start), refusing a configured key that differs from it.
 pub fn open_store(
     t: &TrackingSettings,
     data_dir: &Path,
+    floors_url: Option<&str>,
 ) -> Result<(Arc<dyn SequenceStore>, PermutationKey), StartError> {
     match t.sequence_store {
         SequenceStoreKind::Redis => {
             let key = t.permutation_key.ok_or(StartError::KeyRequired)?;
+            let floors = floors(t, &key, data_dir, floors_url)?;
             Ok((
-                Arc::new(store::redis::RedisStore::from_settings(t, &key)),
+                Arc::new(store::redis::RedisStore::from_settings(t, &key, floors)),
                 key,
             ))
         }
         SequenceStoreKind::Postgres => {
             let key = t.permutation_key.ok_or(StartError::KeyRequired)?;
+            let floors = floors(t, &key, data_dir, floors_url)?;
             Ok((
-                Arc::new(store::postgres::PostgresStore::from_settings(t, &key)),
+                Arc::new(store::postgres::PostgresStore::from_settings(
+                    t, &key, floors,
+                )),
                 key,
             ))
         }

@@ -1,6 +1,7 @@
 //! Integration tests: the application on loopback (in-process on port 0, or the real `trackd`
 //! binary for signal tests), each test with its own data directory (and, for the policy API,
-//! its own PostgreSQL database or private PostgreSQL server).
+//! its own PostgreSQL database or private PostgreSQL server, and, for the stores, its own
+//! `redis-server`s).
 
 mod conformance;
 mod helpers;
@@ -11,3 +12,4 @@ mod server;
 mod servers;
 mod stores;
 mod tracking;
+mod uniqueness;

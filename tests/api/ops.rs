@@ -398,10 +398,14 @@ async fn readiness_follows_a_redis_outage() {
     let mut settings = test_settings(tmp.path());
     configure(&mut settings);
     let key = settings.tracking.permutation_key.unwrap();
-    trackd::tracking::store::redis::RedisStore::from_settings(&settings.tracking, &key)
-        .init()
-        .await
-        .unwrap_or_else(|e| panic!("seq init: {e}\n{}", redis.log()));
+    trackd::tracking::store::redis::RedisStore::from_settings(
+        &settings.tracking,
+        &key,
+        Default::default(),
+    )
+    .init()
+    .await
+    .unwrap_or_else(|e| panic!("seq init: {e}\n{}", redis.log()));
     let app = spawn_app_in(&tmp.path().join("data"), configure).await;
     wait_ready(&app, Duration::from_secs(5)).await;
     let before = app.issue().await;

@@ -29,9 +29,55 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts a server without persistence (it forgets everything when it stops).
+    /// Starts a server that keeps every acknowledged write (what trackd requires by default).
     pub fn start() -> Self {
+        Self::start_durable()
+    }
+
+    /// Starts a server without persistence (it forgets everything when it stops).
+    pub fn start_volatile() -> Self {
         Self::start_with(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// Starts a server that fsyncs its append-only file once a second (a crash can lose the
+    /// last second of acknowledged writes).
+    pub fn start_everysec() -> Self {
+        Self::start_with(&[
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+        ])
+    }
+
+    /// Starts a replica of `primary` (keeping every write it receives on disk as well).
+    pub fn start_replica_of(primary: &RedisServer) -> Self {
+        let port = primary.port.to_string();
+        let s = Self::start_with(&[
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--replicaof",
+            "127.0.0.1",
+            &port,
+        ]);
+        let t0 = Instant::now();
+        while !s
+            .cmd(&["INFO", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "replica never synced"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
     }
 
     /// Starts a server with every write on disk before it is acknowledged.
@@ -185,7 +231,9 @@ impl RedisCluster {
                     "--save",
                     "",
                     "--appendonly",
-                    "no",
+                    "yes",
+                    "--appendfsync",
+                    "always",
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -289,6 +337,11 @@ impl PgDatabase {
 
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+
+    /// Runs SQL as the administrator (e.g. `ALTER DATABASE`).
+    pub fn execute(&self, sql: &str) {
+        pg_admin(sql.to_owned());
     }
 }
 

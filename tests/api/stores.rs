@@ -423,36 +423,3 @@ async fn redis_stopped_under_load_gives_503_then_201_within_a_second_of_its_retu
     );
     app.stop().await;
 }
-
-#[tokio::test]
-async fn wait_aof_refuses_a_redis_that_would_not_have_the_reservation_on_disk() {
-    let data = tempfile::tempdir().unwrap();
-    for (redis, durable) in [
-        (RedisServer::start(), false),
-        (RedisServer::start_durable(), true),
-    ] {
-        let seq_env = seq_env(&redis, 4);
-        let (ok, out) = run_seq(&["init"], &seq_env, data.path());
-        assert!(ok, "{out}");
-        let app = spawn_app_with(|s| {
-            redis_settings(redis.url())(s);
-            s.tracking.redis_wait_aof = true;
-        })
-        .await;
-        if durable {
-            // AOF with appendfsync always (or WAITAOF on Redis >= 7.2): numbers are issued.
-            wait_for_201(&app.client, app.addr, Duration::from_secs(5)).await;
-        } else {
-            let r = get_issue(&app.client, app.addr).await;
-            assert_eq!(r.status(), 503);
-            let (status, body) = readyz(&app.client, app.addr).await;
-            assert_eq!(status, 503);
-            let text = body.to_string();
-            assert!(
-                text.contains("WAITAOF") || text.contains("redis_wait_aof"),
-                "{body}"
-            );
-        }
-        app.stop().await;
-    }
-}

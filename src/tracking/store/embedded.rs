@@ -78,14 +78,15 @@ impl EmbeddedStore {
 
 fn read_high_water(dir: &Path) -> Result<u64, OpenError> {
     let path = dir.join(SEQUENCE_FILE);
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io_err(dir)(e)),
-    };
     let corrupt = |reason: &str| OpenError::Corrupt {
         path: path.clone(),
         reason: reason.to_owned(),
+    };
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(corrupt("not text")),
+        Err(e) => return Err(io_err(dir)(e)),
     };
     let mut lines = text.lines();
     if lines.next() != Some(HEADER) {
@@ -95,7 +96,16 @@ fn read_high_water(dir: &Path) -> Result<u64, OpenError> {
         .next()
         .and_then(|l| l.strip_prefix("next="))
         .ok_or_else(|| corrupt("missing next= line"))?;
-    value.parse().map_err(|_| corrupt("next= is not a number"))
+    let next: u64 = value
+        .parse()
+        .map_err(|_| corrupt("next= is not a whole number"))?;
+    // At most the size of the code space (reached when every number is used).
+    if next > CODE_SPACE {
+        return Err(corrupt(&format!(
+            "next={next} is beyond the code space (36^11 = {CODE_SPACE} numbers)"
+        )));
+    }
+    Ok(next)
 }
 
 /// Replaces the sequence file durably: write a temporary file, fsync it, rename it over the
@@ -225,11 +235,42 @@ mod tests {
     fn corrupt_file_refuses_to_open() {
         let dir = tmpdir("corrupt");
         fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join(SEQUENCE_FILE), "garbage").unwrap();
+        for (text, why) in [
+            ("garbage".to_owned(), "header"),
+            (format!("{HEADER}\nnext=-1\n"), "whole number"),
+            (format!("{HEADER}\nnext=1e9\n"), "whole number"),
+            (
+                format!("{HEADER}\nnext=18446744073709551615\n"),
+                "beyond the code space",
+            ),
+            (
+                format!("{HEADER}\nnext={}\n", CODE_SPACE + 1),
+                "beyond the code space",
+            ),
+            (format!("{HEADER}\n"), "next= line"),
+        ] {
+            fs::write(dir.join(SEQUENCE_FILE), &text).unwrap();
+            match EmbeddedStore::open(&dir) {
+                Err(e @ OpenError::Corrupt { .. }) => {
+                    assert!(e.to_string().contains(why), "{text:?}: {e}")
+                }
+                Err(e) => panic!("{text:?}: {e}"),
+                Ok(_) => panic!("{text:?} was accepted"),
+            }
+        }
+        // A file that is not text at all.
+        fs::write(dir.join(SEQUENCE_FILE), [0xff, 0xfe, 0x00]).unwrap();
         assert!(matches!(
             EmbeddedStore::open(&dir),
             Err(OpenError::Corrupt { .. })
         ));
+        // The whole space used: opens, and says so on the next reservation.
+        fs::write(
+            dir.join(SEQUENCE_FILE),
+            format!("{HEADER}\nnext={CODE_SPACE}\n"),
+        )
+        .unwrap();
+        assert_eq!(EmbeddedStore::open(&dir).unwrap().high_water(), CODE_SPACE);
         fs::remove_dir_all(&dir).unwrap();
     }
 

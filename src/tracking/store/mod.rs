@@ -1,6 +1,8 @@
 //! Where sequence numbers come from: the `SequenceStore` trait and the block it reserves.
 
+pub mod durability;
 pub mod embedded;
+pub mod floors;
 pub mod postgres;
 pub mod redis;
 
@@ -31,6 +33,15 @@ impl Block {
     }
 }
 
+/// The floors a shared store checks its counters against ([`floors`]).
+#[derive(Clone, Default)]
+pub struct Floors {
+    /// This instance's, in its data directory.
+    pub local: Option<std::sync::Arc<floors::LocalFloors>>,
+    /// The deployment's, in PostgreSQL.
+    pub deployment: Option<floors::DeploymentFloors>,
+}
+
 /// Why a store could not reserve a block.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,6 +51,9 @@ pub enum StoreError {
     Exhausted(String),
     #[error("sequence store is inconsistent: {0}")]
     Corrupt(String),
+    /// The store could lose an acknowledged reservation: not used until that changes.
+    #[error("sequence store refused: {0}")]
+    Refused(String),
 }
 
 impl StoreError {
@@ -49,6 +63,7 @@ impl StoreError {
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Exhausted(_) => "exhausted",
             StoreError::Corrupt(_) => "corrupt",
+            StoreError::Refused(_) => "refused",
         }
     }
 }

@@ -1,14 +1,18 @@
 //! The PostgreSQL sequence store: one row per segment advanced with
 //! `UPDATE … SET next_value = next_value + step … RETURNING` (the Leaf segment scheme), for
-//! deployments with PostgreSQL and no Redis. Each reservation is one committed statement.
+//! deployments with PostgreSQL and no Redis. Each reservation is one committed statement, used
+//! only if the session's commits are durable (checked at every connect) and the row has not
+//! gone below its floor.
 
-use super::{Block, ReserveFuture, SequenceStore, StoreError};
-use crate::config::TrackingSettings;
+use super::durability::decide_postgres;
+use super::{Block, Floors, ReserveFuture, SequenceStore, StoreError};
+use crate::config::{Durability, TrackingSettings};
 use crate::support::lazy::Lazy;
 use crate::support::pg;
 use crate::tracking::number::CODE_SPACE;
 use crate::tracking::permute::PermutationKey;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -25,8 +29,13 @@ pub struct PostgresStore {
     timeout: Duration,
     key_fingerprint: String,
     client: Lazy<Client>,
-    /// Highest value this instance has seen: a lower one means the row went backwards.
+    durability: Durability,
+    /// Highest value seen (by this instance, or in the floors): a lower one means the row
+    /// went backwards.
     seen: AtomicU64,
+    floors: Floors,
+    /// What the last connection's check relied on, or why it refused.
+    status: Mutex<Result<String, String>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -34,25 +43,25 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl PostgresStore {
-    /// The store of the configuration's `tracking` section.
-    pub fn from_settings(t: &TrackingSettings, key: &PermutationKey) -> Self {
-        Self::new(
-            t.postgres_url.expose(),
-            &t.postgres_segment,
-            t.store_timeout,
-            key.fingerprint(),
-        )
+    /// The store of the configuration's `tracking` section, with its floors.
+    pub fn from_settings(t: &TrackingSettings, key: &PermutationKey, floors: Floors) -> Self {
+        let seen = floors.local.as_ref().map_or(0, |f| f.get(0));
+        Self {
+            url: t.postgres_url.expose().to_owned(),
+            segment: t.postgres_segment.clone(),
+            timeout: t.store_timeout,
+            key_fingerprint: key.fingerprint(),
+            client: Lazy::new(),
+            durability: t.postgres_durability,
+            seen: AtomicU64::new(seen),
+            floors,
+            status: Mutex::new(Err("not connected yet".into())),
+        }
     }
 
-    pub fn new(url: &str, segment: &str, timeout: Duration, key_fingerprint: String) -> Self {
-        Self {
-            url: url.to_owned(),
-            segment: segment.to_owned(),
-            timeout,
-            key_fingerprint,
-            client: Lazy::new(),
-            seen: AtomicU64::new(0),
-        }
+    /// The deployment a segment names, for its floors.
+    pub fn deployment(t: &TrackingSettings, key: &PermutationKey) -> String {
+        format!("postgres:{}:{}", t.postgres_segment, key.fingerprint())
     }
 
     async fn connect(&self) -> Result<Client, StoreError> {
@@ -80,7 +89,71 @@ impl PostgresStore {
             }
             Some(_) => {}
         }
+        self.check_durability(&client).await?;
+        if let Some(d) = &self.floors.deployment {
+            for (_, floor) in d.load().await? {
+                self.seen.fetch_max(floor, Ordering::Relaxed);
+            }
+        }
         Ok(client)
+    }
+
+    /// Refuses a session whose commits are not durable (unless told otherwise).
+    async fn check_durability(&self, client: &Client) -> Result<(), StoreError> {
+        let show = async |name: &str| -> Result<String, StoreError> {
+            let row = client
+                .query_one(&format!("SHOW {name}"), &[])
+                .await
+                .map_err(|e| unavailable(pg::message(&e)))?;
+            Ok(row.get(0))
+        };
+        let verdict = decide_postgres(
+            &show("synchronous_commit").await?,
+            &show("fsync").await?,
+            self.durability,
+        );
+        if let Ok(mut st) = self.status.lock()
+            && *st != verdict
+        {
+            match &verdict {
+                Ok(relies_on) => tracing::info!(%relies_on, "PostgreSQL sequence store durability"),
+                Err(reason) => {
+                    tracing::error!(%reason, "the PostgreSQL sequence store is refused")
+                }
+            }
+            *st = verdict.clone();
+        }
+        verdict.map(drop).map_err(StoreError::Refused)
+    }
+
+    /// The highest sequence number the floors say was reserved and handed out.
+    pub async fn highest_in_floors(&self) -> Result<Option<u64>, StoreError> {
+        let mut highest = self
+            .floors
+            .local
+            .as_ref()
+            .map(|f| f.get(0))
+            .filter(|&v| v > 0);
+        if let Some(d) = &self.floors.deployment {
+            highest = highest.max(d.load().await?.into_iter().map(|(_, v)| v).max());
+        }
+        Ok(highest.map(|end| end - 1))
+    }
+
+    /// The highest sequence number the segment says may have been reserved.
+    pub async fn highest_reserved(&self) -> Result<Option<u64>, StoreError> {
+        let client = self.connect().await?;
+        let row = client
+            .query_opt(
+                "SELECT next_value FROM trackd_sequence WHERE segment = $1",
+                &[&self.segment],
+            )
+            .await
+            .map_err(|e| self.missing_or(e))?;
+        Ok(row
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .filter(|&v| v > 0)
+            .map(|v| v - 1))
     }
 
     async fn reserve_inner(&self, count: u64) -> Result<Block, StoreError> {
@@ -106,7 +179,7 @@ impl PostgresStore {
             return Err(match current {
                 None => self.missing(),
                 Some(r) => StoreError::Corrupt(format!(
-                    "segment {} went backwards: {} is below {seen} seen before; run `trackd seq repair --floor N`",
+                    "segment {} went backwards: {} is below {seen} seen before; run `trackd seq repair`",
                     self.segment,
                     r.get::<_, i64>(0)
                 )),
@@ -118,6 +191,16 @@ impl PostgresStore {
                 "segment {} passed 36^11",
                 self.segment
             )));
+        }
+        // The floors first: a block is handed out only once they know it.
+        if let Some(local) = &self.floors.local {
+            let local = Arc::clone(local);
+            tokio::task::spawn_blocking(move || local.raise(0, end))
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        }
+        if let Some(d) = &self.floors.deployment {
+            d.raise(0, end).await?;
         }
         self.seen.fetch_max(end, Ordering::Relaxed);
         Ok(Block {
@@ -206,9 +289,17 @@ impl SequenceStore for PostgresStore {
     }
 
     fn report(&self) -> serde_json::Value {
+        let status = self
+            .status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|_| Err("poisoned".into()));
         serde_json::json!({
             "segment": self.segment,
             "reserved_below": self.seen.load(Ordering::Relaxed),
+            "durability": status.as_ref().ok(),
+            "refused": status.as_ref().err(),
+            "deployment_floors": self.floors.deployment.is_some(),
         })
     }
 }

@@ -3,21 +3,25 @@
 //!
 //! Shard `s`'s counter value `c` stands for sequence number `c * S + s`, so numbers from
 //! different shards never coincide. Each counter key carries its own hash tag
-//! (`<prefix>:seq:{<s>}`), spreading the shards over a cluster's slots. The reservation script
-//! refuses to create a missing counter and refuses a counter that went below the value this
-//! instance last saw: both mean Redis lost writes (a restart without persistence, a failover),
-//! and issuing from such a counter could repeat numbers. That shard is then taken out of
-//! service (logged, shown in `/readyz`) until an operator runs `trackd seq repair`.
+//! (`<prefix>:seq:{<s>}`), spreading the shards over a cluster's slots.
+//!
+//! A reservation is used only once it survives a crash of Redis: every connection first
+//! checks the server's persistence ([`super::durability`]) and each reservation is confirmed
+//! as that requires (the reply of an fsync-always server, `WAIT` for replicas, `WAITAOF`).
+//! The script also refuses a missing counter and one below its floor (the highest value this
+//! instance, or with deployment floors any instance, saw it reach): both mean Redis lost
+//! writes, and issuing from such a counter could repeat numbers. That shard is then taken out
+//! of service (logged, shown in `/readyz`) until an operator runs `trackd seq repair`.
 
-use super::{Block, ReserveFuture, SequenceStore, StoreError};
-use crate::config::TrackingSettings;
-use crate::support::lazy::Lazy;
+use super::durability::{Confirm, RedisFacts, Verdict, decide_redis};
+use super::{Block, Floors, ReserveFuture, SequenceStore, StoreError};
+use crate::config::{Durability, TrackingSettings, redact_url};
+use crate::support::lazy::{Connection, Lazy};
 use crate::support::redis::{Conn, breaks_connection, connect};
 use crate::tracking::number::CODE_SPACE;
 use crate::tracking::permute::PermutationKey;
-use redis::{Script, Value};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use redis::Script;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Refuses missing and backwards counters; otherwise `INCRBY`. Values are compared as decimal
@@ -52,16 +56,39 @@ pub struct RedisConfig {
     pub prefix: String,
     pub shards: u32,
     pub timeout: Duration,
-    pub wait_aof: bool,
+    /// How acknowledged reservations are known to survive a crash of Redis.
+    pub durability: Durability,
+    /// Replicas each reservation must reach before its numbers are used.
+    pub min_replicas: u32,
     /// Identifies the permutation key (not the key itself) so that instances configured with
     /// different keys cannot share the counters.
     pub key_fingerprint: String,
 }
 
+impl RedisConfig {
+    /// The deployment this configuration names, for its floors.
+    pub fn deployment(&self) -> String {
+        format!(
+            "redis:{}:{}:{}",
+            self.prefix, self.key_fingerprint, self.shards
+        )
+    }
+}
+
+/// A connection whose server was checked: its durability verdict comes with it, so every
+/// reconnect checks the server again.
+struct Session {
+    conn: Conn,
+    verdict: Verdict,
+}
+
+impl Connection for Session {}
+
 /// Health of one shard counter.
 #[derive(Debug, Clone)]
 struct Shard {
-    /// Highest counter value this instance has seen (its floor).
+    /// Lowest value the counter may have: what this instance (or, with deployment floors, any
+    /// instance) saw it reach.
     seen: u64,
     /// Why the shard is out of service, and when it was last probed.
     out: Option<(String, Instant)>,
@@ -71,41 +98,65 @@ struct Shard {
 /// serves again without a restart).
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// What the last connection found, for logs and `/readyz`.
+#[derive(Debug, Clone, Default)]
+struct ServerStatus {
+    relies_on: Option<String>,
+    refused: Option<String>,
+    /// (run id, replication id) of each node, as last seen.
+    identity: Vec<(String, String)>,
+}
+
 pub struct RedisStore {
     cfg: RedisConfig,
-    conn: Lazy<Conn>,
+    session: Lazy<Session>,
     shards: Mutex<(Vec<Shard>, usize)>,
     reserve: Script,
-    /// The server has WAITAOF (checked at connect, when `wait_aof` is set).
-    waitaof: AtomicBool,
+    floors: Floors,
+    status: Mutex<ServerStatus>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
 }
 
 impl RedisStore {
-    /// The store of the configuration's `tracking` section.
-    pub fn from_settings(t: &TrackingSettings, key: &PermutationKey) -> Self {
-        Self::new(RedisConfig {
+    /// The store of the configuration's `tracking` section, with its floors.
+    pub fn from_settings(t: &TrackingSettings, key: &PermutationKey, floors: Floors) -> Self {
+        Self::new(Self::config(t, key), floors)
+    }
+
+    /// The store's settings from the configuration's `tracking` section.
+    pub fn config(t: &TrackingSettings, key: &PermutationKey) -> RedisConfig {
+        RedisConfig {
             urls: t.redis_urls(),
             cluster: t.redis_cluster,
             prefix: t.redis_key_prefix.clone(),
             shards: t.redis_shards,
             timeout: t.store_timeout,
-            wait_aof: t.redis_wait_aof,
+            durability: t.redis_durability,
+            min_replicas: t.redis_min_replicas,
             key_fingerprint: key.fingerprint(),
-        })
+        }
     }
 
     /// Creates the store; it connects lazily, so trackd starts (not ready) while Redis is down.
-    pub fn new(cfg: RedisConfig) -> Self {
+    pub fn new(cfg: RedisConfig, floors: Floors) -> Self {
         let n = cfg.shards as usize;
         // Instances start at different shards so their reservations spread.
-        let mut start = [0u8; 2];
-        let _ = getrandom::fill(&mut start);
-        let start = u16::from_le_bytes(start) as usize % n;
+        let start = crate::support::random::u64() as usize % n;
+        let shards = (0..n)
+            .map(|i| Shard {
+                seen: floors.local.as_ref().map_or(0, |f| f.get(i)),
+                out: None,
+            })
+            .collect();
         Self {
-            shards: Mutex::new((vec![Shard { seen: 0, out: None }; n], start)),
-            conn: Lazy::new(),
+            shards: Mutex::new((shards, start)),
+            session: Lazy::new(),
             reserve: Script::new(RESERVE_LUA),
-            waitaof: AtomicBool::new(false),
+            floors,
+            status: Mutex::default(),
             cfg,
         }
     }
@@ -121,7 +172,115 @@ impl RedisStore {
     async fn connect(&self) -> Result<Conn, StoreError> {
         connect(&self.cfg.urls, self.cfg.cluster, self.cfg.timeout)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))
+            .map_err(unavailable)
+    }
+
+    /// A new session: connected, the deployment record checked, every node's durability
+    /// decided, and the deployment's floors read (a counter that went backwards while this
+    /// instance was away is refused as well).
+    async fn open_session(&self) -> Result<Session, StoreError> {
+        let mut conn = self.connect().await?;
+        self.check_meta(&mut conn).await?;
+        let verdict = match self.check_durability(&mut conn).await {
+            Ok(v) => v,
+            Err(refusal) => {
+                if let Ok(mut st) = self.status.lock()
+                    && st.refused.as_ref() != Some(&refusal)
+                {
+                    tracing::error!(reason = %refusal, "the Redis sequence store is refused");
+                    st.refused = Some(refusal.clone());
+                    st.relies_on = None;
+                }
+                return Err(StoreError::Refused(refusal));
+            }
+        };
+        if let Some(d) = &self.floors.deployment {
+            let known = d.load().await?;
+            if let Ok(mut g) = self.shards.lock() {
+                for (i, floor) in known {
+                    if let Some(s) = g.0.get_mut(i) {
+                        s.seen = s.seen.max(floor);
+                    }
+                }
+            }
+        }
+        Ok(Session { conn, verdict })
+    }
+
+    /// Reads each node's facts and decides; logs what trackd relies on, and a restart or
+    /// failover seen since the last connection.
+    async fn check_durability(&self, conn: &mut Conn) -> Result<Verdict, String> {
+        let mut verdicts = Vec::new();
+        let mut identity = Vec::new();
+        if self.cfg.cluster {
+            for url in &self.cfg.urls {
+                let mut node = connect(std::slice::from_ref(url), false, self.cfg.timeout)
+                    .await
+                    .map_err(|e| format!("cannot reach cluster node {}: {e}", redact_url(url)))?;
+                let facts = self.facts(&mut node).await?;
+                identity.push((facts.run_id.clone(), facts.replid.clone()));
+                verdicts.push(decide_redis(
+                    &facts,
+                    self.cfg.durability,
+                    self.cfg.min_replicas,
+                    &redact_url(url),
+                )?);
+            }
+        } else {
+            let facts = self.facts(conn).await?;
+            identity.push((facts.run_id.clone(), facts.replid.clone()));
+            let addr = redact_url(self.cfg.urls.first().map_or("", String::as_str));
+            verdicts.push(decide_redis(
+                &facts,
+                self.cfg.durability,
+                self.cfg.min_replicas,
+                &addr,
+            )?);
+        }
+        let verdict = verdicts.first().cloned().ok_or("no Redis node")?;
+        if verdicts.iter().any(|v| v.confirm != verdict.confirm) {
+            return Err(
+                "the cluster's nodes differ in persistence (some fsync every write, some do not):                  configure them alike"
+                    .into(),
+            );
+        }
+        if let Ok(mut st) = self.status.lock() {
+            if !st.identity.is_empty() && st.identity != identity {
+                tracing::warn!(
+                    "the Redis sequence store restarted or failed over since the last connection;                      counters are checked against the floors"
+                );
+            }
+            if st.relies_on.as_ref() != Some(&verdict.relies_on) {
+                if self.cfg.durability == Durability::UnsafeMayReissue {
+                    tracing::error!(relies_on = %verdict.relies_on, "Redis sequence store durability");
+                } else {
+                    tracing::info!(relies_on = %verdict.relies_on, "Redis sequence store durability");
+                }
+            }
+            st.relies_on = Some(verdict.relies_on.clone());
+            st.refused = None;
+            st.identity = identity;
+        }
+        Ok(verdict)
+    }
+
+    /// `INFO` of a node, and `appendfsync` when the node allows `CONFIG` (and it matters).
+    async fn facts(&self, conn: &mut Conn) -> Result<RedisFacts, String> {
+        let info: String = redis::cmd("INFO")
+            .query_async(conn)
+            .await
+            .map_err(|e| format!("INFO failed: {e}"))?;
+        let appendfsync = if self.cfg.durability == Durability::Check {
+            let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("appendfsync")
+                .query_async(conn)
+                .await;
+            reply.ok().and_then(|v| v.get(1).cloned())
+        } else {
+            None
+        };
+        Ok(RedisFacts::from_info(&info, appendfsync))
     }
 
     /// Checks that the deployment's recorded shard count and key fingerprint match ours.
@@ -132,13 +291,13 @@ impl RedisStore {
             .arg("key_fingerprint")
             .query_async(conn)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+            .map_err(unavailable)?;
         let (shards, fp) = (
             meta.first().cloned().flatten(),
             meta.get(1).cloned().flatten(),
         );
         let missing = "the deployment record is missing: run `trackd seq init` on a new deployment, \
-                       or `trackd seq repair --floor N` if Redis lost its data";
+                       or `trackd seq repair` if Redis lost its data";
         let shards =
             shards.ok_or_else(|| StoreError::Corrupt(format!("{} {missing}", self.meta_key())))?;
         if shards != self.cfg.shards.to_string() {
@@ -152,39 +311,64 @@ impl RedisStore {
                 "tracking.permutation_key differs from the key this Redis deployment was initialised with".into(),
             ));
         }
-        if self.cfg.wait_aof {
-            let reply: Result<Value, _> = redis::cmd("COMMAND")
-                .arg("INFO")
-                .arg("WAITAOF")
-                .query_async(conn)
-                .await;
-            let supported = matches!(reply, Ok(Value::Array(ref v)) if v.iter().any(|x| !matches!(x, Value::Nil)));
-            self.waitaof.store(supported, Ordering::Relaxed);
-            if !supported && !self.fsyncs_every_write(conn).await {
-                return Err(StoreError::Corrupt(
-                    "tracking.redis_wait_aof needs WAITAOF (Redis >= 7.2), or a Redis with \
-                     appendonly yes and appendfsync always; this server has neither"
-                        .into(),
-                ));
-            }
-        }
         Ok(())
     }
 
-    /// Whether the server writes every command to its AOF and fsyncs before replying (then a
-    /// reservation's reply already means it is on disk, with no WAITAOF needed).
-    async fn fsyncs_every_write(&self, conn: &mut Conn) -> bool {
-        let get = |name: &'static str| {
-            let mut c = redis::cmd("CONFIG");
-            c.arg("GET").arg(name);
-            c
-        };
-        let mut values = Vec::new();
-        for name in ["appendonly", "appendfsync"] {
-            let v: Result<Vec<String>, _> = get(name).query_async(conn).await;
-            values.push(v.ok().and_then(|v| v.get(1).cloned()).unwrap_or_default());
+    /// Confirms a reservation as the verdict requires (on the shard's node): `Err(Ok(why))`
+    /// when too few acknowledged it, `Err(Err(e))` when the command failed.
+    async fn confirm(
+        &self,
+        session: &mut Session,
+        shard: u32,
+    ) -> Result<(), Result<String, redis::RedisError>> {
+        let timeout_ms = (self.cfg.timeout / 2).as_millis() as u64;
+        let key = self.counter_key(shard);
+        match session.verdict.confirm {
+            Confirm::Reply => Ok(()),
+            Confirm::Wait(n) => {
+                let mut cmd = redis::cmd("WAIT");
+                cmd.arg(n).arg(timeout_ms);
+                let acks: i64 = session.conn.on_node_of(&key, &cmd).await.map_err(Err)?;
+                if acks < i64::from(n) {
+                    return Err(Ok(format!(
+                        "only {acks} of {n} replica(s) acknowledged the reservation within \
+                         {timeout_ms} ms: its numbers are skipped"
+                    )));
+                }
+                Ok(())
+            }
+            Confirm::WaitAof(n) => {
+                let mut cmd = redis::cmd("WAITAOF");
+                cmd.arg(1).arg(n).arg(timeout_ms);
+                let acks: Vec<i64> = session.conn.on_node_of(&key, &cmd).await.map_err(Err)?;
+                let (local, replicas) = (
+                    acks.first().copied().unwrap_or(0),
+                    acks.get(1).copied().unwrap_or(0),
+                );
+                if local < 1 || replicas < i64::from(n) {
+                    return Err(Ok(format!(
+                        "WAITAOF: the reservation reached the disk of {local} primary and {replicas} \
+                         of {n} replica(s) within {timeout_ms} ms: its numbers are skipped"
+                    )));
+                }
+                Ok(())
+            }
         }
-        values[0] == "yes" && values[1] == "always"
+    }
+
+    /// Raises the shard's floors (this instance's, then the deployment's) to `end`, durably,
+    /// before the block is handed out.
+    async fn raise_floors(&self, shard: u32, end: u64) -> Result<(), StoreError> {
+        if let Some(local) = &self.floors.local {
+            let local = Arc::clone(local);
+            tokio::task::spawn_blocking(move || local.raise(shard as usize, end))
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        }
+        if let Some(d) = &self.floors.deployment {
+            d.raise(shard as usize, end).await?;
+        }
+        Ok(())
     }
 
     /// Picks the next shard in service (or due for a probe), round-robin.
@@ -240,14 +424,8 @@ impl RedisStore {
     }
 
     async fn reserve_inner(&self, count: u64) -> Result<Block, StoreError> {
-        let mut slot = self.conn.lock().await;
-        let conn = slot
-            .get(|| async {
-                let mut conn = self.connect().await?;
-                self.check_meta(&mut conn).await?;
-                Ok::<_, StoreError>(conn)
-            })
-            .await?;
+        let mut slot = self.session.lock().await;
+        let session = slot.get(|| self.open_session()).await?;
         let stride = self.cfg.shards as u64;
         for _ in 0..self.cfg.shards {
             let (shard, floor) = self.pick_shard()?;
@@ -256,7 +434,7 @@ impl RedisStore {
                 .key(self.counter_key(shard))
                 .arg(count)
                 .arg(floor.to_string())
-                .invoke_async(conn)
+                .invoke_async(&mut session.conn)
                 .await;
             match reply {
                 Ok(end) => {
@@ -268,21 +446,19 @@ impl RedisStore {
                         );
                         continue;
                     }
-                    if self.cfg.wait_aof && self.waitaof.load(Ordering::Relaxed) {
-                        let acks: Vec<i64> = redis::cmd("WAITAOF")
-                            .arg(1)
-                            .arg(0)
-                            .arg(self.cfg.timeout.as_millis() as u64)
-                            .query_async(conn)
-                            .await
-                            .map_err(|e| StoreError::Unavailable(format!("redis WAITAOF: {e}")))?;
-                        if acks.first().copied().unwrap_or(0) < 1 {
-                            // The numbers stay reserved (skipped), never handed out undurable.
-                            return Err(StoreError::Unavailable(
-                                "WAITAOF: the reservation was not on disk within the timeout (is appendonly on?)".into(),
-                            ));
+                    // Not confirmed, or its floors not written: the numbers stay reserved
+                    // (skipped), never handed out.
+                    match self.confirm(session, shard).await {
+                        Ok(()) => {}
+                        Err(Ok(short)) => return Err(StoreError::Unavailable(short)),
+                        Err(Err(e)) => {
+                            if breaks_connection(&e) {
+                                slot.reset();
+                            }
+                            return Err(unavailable(e));
                         }
                     }
+                    self.raise_floors(shard, end).await?;
                     self.mark(shard, Ok(end));
                     return Ok(Block {
                         first: start * stride + shard as u64,
@@ -301,7 +477,7 @@ impl RedisStore {
                     if breaks_connection(&e) {
                         slot.reset();
                     }
-                    return Err(StoreError::Unavailable(format!("redis: {e}")));
+                    return Err(unavailable(e));
                 }
             }
         }
@@ -332,19 +508,57 @@ impl RedisStore {
                 .map(|(i, s)| s.seen * stride + i as u64)
                 .max()
                 .unwrap_or(0);
+        let status = self.status.lock().map(|s| s.clone()).unwrap_or_default();
         serde_json::json!({
             "shards": g.0.len(),
             "in_service": g.0.len() - out.len(),
             "out_of_service": out,
             "reserved_below": ceiling,
+            "durability": status.relies_on,
+            "refused": status.refused,
+            "deployment_floors": self.floors.deployment.is_some(),
         })
+    }
+
+    /// The highest sequence number the counters say may have been reserved (`None`: none).
+    pub async fn highest_reserved(&self) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.connect().await?;
+        let stride = self.cfg.shards as u64;
+        let mut highest = None;
+        for s in 0..self.cfg.shards {
+            let v: Option<u64> = redis::cmd("GET")
+                .arg(self.counter_key(s))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if let Some(c) = v.filter(|&c| c > 0) {
+                highest = highest.max(Some((c - 1) * stride + s as u64));
+            }
+        }
+        Ok(highest)
+    }
+
+    /// The highest sequence number the floors (this instance's and the deployment's) say was
+    /// reserved and handed out (`None`: none known).
+    pub async fn highest_in_floors(&self) -> Result<Option<u64>, StoreError> {
+        let stride = self.cfg.shards as u64;
+        let to_seq = |(i, c): (usize, u64)| (c > 0).then(|| (c - 1) * stride + i as u64);
+        let mut highest = self
+            .floors
+            .local
+            .as_ref()
+            .and_then(|f| f.all().into_iter().enumerate().filter_map(to_seq).max());
+        if let Some(d) = &self.floors.deployment {
+            highest = highest.max(d.load().await?.into_iter().filter_map(to_seq).max());
+        }
+        Ok(highest)
     }
 
     /// `trackd seq init`: records the deployment and creates missing counters at 0.
     /// Refuses if a different shard count or key is already recorded.
     pub async fn init(&self) -> Result<String, StoreError> {
         let mut conn = self.connect().await?;
-        let err = |e: redis::RedisError| StoreError::Unavailable(format!("redis: {e}"));
+        let err = unavailable;
         let created: bool = redis::cmd("HSETNX")
             .arg(self.meta_key())
             .arg("shards")
@@ -387,7 +601,7 @@ impl RedisStore {
     /// above sequence number `floor`, and restores the deployment record.
     pub async fn repair(&self, floor: u64) -> Result<String, StoreError> {
         let mut conn = self.connect().await?;
-        let err = |e: redis::RedisError| StoreError::Unavailable(format!("redis: {e}"));
+        let err = unavailable;
         let _: () = redis::cmd("HSET")
             .arg(self.meta_key())
             .arg("shards")
@@ -423,7 +637,7 @@ impl SequenceStore for RedisStore {
                 Ok(r) => r,
                 Err(_) => {
                     // The connection may be wedged: start afresh next time.
-                    self.conn.reset_if_idle();
+                    self.session.reset_if_idle();
                     Err(StoreError::Unavailable(
                         "redis did not answer in time".into(),
                     ))
