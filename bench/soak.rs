@@ -57,6 +57,7 @@ struct Redis {
 
 impl Redis {
     fn start(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("redis directory");
         let mut r = Self {
             port: free_port(),
             dir: dir.to_owned(),
