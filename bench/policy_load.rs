@@ -140,7 +140,7 @@ async fn run(a: Args) -> Result<(), String> {
     for i in 1..=a.loads {
         let before = rss_bytes();
         let started = Instant::now();
-        let snap = load::load(&url, Duration::from_secs(10))
+        let snap = load::load(&url, Duration::from_secs(10), &Default::default())
             .await
             .map_err(|e| e.to_string())?;
         let secs = started.elapsed().as_secs_f64();

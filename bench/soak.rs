@@ -70,7 +70,14 @@ impl Redis {
     fn launch(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -80,7 +87,10 @@ impl Redis {
         self.child = Some(child);
         let t0 = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "redis-server did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -134,7 +144,10 @@ impl Instance {
         self.child = Some(child);
         let t0 = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "trackd did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "trackd did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -217,7 +230,9 @@ async fn main() {
                     Ok(r) if r.status() == 503 => {
                         counts.unavailable.fetch_add(1, Ordering::Relaxed);
                         if redis_down.load(Ordering::Relaxed) {
-                            counts.unavailable_redis_down.fetch_add(1, Ordering::Relaxed);
+                            counts
+                                .unavailable_redis_down
+                                .fetch_add(1, Ordering::Relaxed);
                         }
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }

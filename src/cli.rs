@@ -3,6 +3,7 @@
 //! (the policy database).
 
 use crate::config::{Overrides, SequenceStoreKind, Settings};
+use crate::support::tls::Tls;
 use crate::tracking::number::TrackingNumber;
 use crate::tracking::permute::Permutation;
 use crate::tracking::store::{StoreError, postgres::PostgresStore, redis::RedisStore};
@@ -44,6 +45,9 @@ pub enum Command {
         /// Address to listen on (overrides server.listen).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// Address of the operations listener; "" for none (overrides server.admin_listen).
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<String>,
         /// Data directory of the embedded store (overrides storage.data_dir).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
@@ -61,12 +65,31 @@ pub enum Command {
         #[arg(long, value_name = "URL", global = true)]
         database_url: Option<String>,
     },
+    /// Manage API keys.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// Operate a shared sequence store (redis or postgres).
     Seq {
         #[command(subcommand)]
         action: SeqAction,
         #[command(flatten)]
         cfg: ConfigArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyAction {
+    /// Make a new API key: prints the key (shown once: give it to the client) and the entry
+    /// to add to auth.keys (it holds only the key's hash).
+    New {
+        /// The client's name: 1 to 64 of a-z, 0-9, '-' and '_'.
+        #[arg(long, value_name = "NAME")]
+        client: String,
+        /// What the key may do, joined by '+': issue, lookup, void, policy.
+        #[arg(long, value_name = "SCOPES")]
+        scopes: String,
     },
 }
 
@@ -106,11 +129,13 @@ pub const EXIT_CONFIG: u8 = 64;
 pub fn load(
     cfg: &ConfigArgs,
     listen: Option<String>,
+    admin_listen: Option<String>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
 ) -> Result<Settings, ExitCode> {
     let overrides = Overrides {
         listen,
+        admin_listen,
         data_dir,
         sequence_store: cfg.sequence_store.clone(),
         redis_url: cfg.redis_url.clone(),
@@ -127,22 +152,51 @@ pub fn run(command: Command) -> ExitCode {
     match command {
         Command::Serve { .. } => ExitCode::FAILURE,
         Command::Check { number } => check(&number),
+        Command::Key {
+            action: KeyAction::New { client, scopes },
+        } => report(new_key(&client, &scopes)),
         Command::Db {
             action,
             cfg,
             database_url,
-        } => match load(&cfg, None, None, database_url) {
+        } => match load(&cfg, None, None, None, database_url) {
             Ok(settings) => {
                 crate::telemetry::init(&settings.log);
-                db(&settings, action)
+                match Tls::from_settings(&settings.tls) {
+                    Ok(tls) => db(&settings, action, &tls),
+                    Err(e) => report::<String>(Err(e)),
+                }
             }
             Err(code) => code,
         },
-        Command::Seq { action, cfg } => match load(&cfg, None, None, None) {
-            Ok(settings) => seq(&settings, action),
+        Command::Seq { action, cfg } => match load(&cfg, None, None, None, None) {
+            Ok(settings) => match Tls::from_settings(&settings.tls) {
+                Ok(tls) => seq(&settings, action, &tls),
+                Err(e) => report::<String>(Err(e)),
+            },
             Err(code) => code,
         },
     }
+}
+
+fn new_key(client: &str, scopes: &str) -> Result<String, String> {
+    use crate::auth::Scope;
+    let scopes = scopes
+        .split(['+', ','])
+        .map(|s| {
+            Scope::ALL
+                .into_iter()
+                .find(|x| x.as_str() == s.trim())
+                .ok_or_else(|| format!("'{s}' is not a scope (issue, lookup, void, policy)"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (secret, entry) = crate::auth::new_key(client, &scopes)?;
+    Ok(format!(
+        "key:   {secret}\n       (give it to the client, who sends `Authorization: Bearer <key>`; it is not shown again)\n\
+         entry: {entry}\n\n\
+         Add the entry to auth.keys, in the configuration file:\n  [auth]\n  keys = [\"{entry}\"]\n\
+         or in the environment (entries comma-separated):\n  TRACKD_AUTH__KEYS={entry}"
+    ))
 }
 
 fn check(number: &str) -> ExitCode {
@@ -194,7 +248,7 @@ fn report<E: std::fmt::Display>(result: Result<String, E>) -> ExitCode {
     }
 }
 
-fn seq(settings: &Settings, action: SeqAction) -> ExitCode {
+fn seq(settings: &Settings, action: SeqAction, tls: &Tls) -> ExitCode {
     let t = &settings.tracking;
     let Some(key) = t.permutation_key else {
         eprintln!("trackd: tracking.permutation_key must be set (the same on every instance)");
@@ -212,15 +266,17 @@ fn seq(settings: &Settings, action: SeqAction) -> ExitCode {
     };
     let records_url = Some(settings.records.postgres_url.expose()).filter(|u| !u.is_empty());
     let result = rt.block_on(async {
-        let floors = crate::tracking::floors(t, &key, &settings.storage.data_dir, records_url)
+        let floors = crate::tracking::floors(t, &key, &settings.storage.data_dir, records_url, tls)
             .map_err(|e| e.to_string())?;
         let store = match t.sequence_store {
-            SequenceStoreKind::Redis => Shared::Redis(RedisStore::from_settings(t, &key, floors)),
-            _ => Shared::Postgres(PostgresStore::from_settings(t, &key, floors)),
+            SequenceStoreKind::Redis => {
+                Shared::Redis(RedisStore::from_settings(t, &key, floors, tls.clone()))
+            }
+            _ => Shared::Postgres(PostgresStore::from_settings(t, &key, floors, tls.clone())),
         };
         match action {
             SeqAction::Init => store.init().await.map_err(|e| e.to_string()),
-            SeqAction::Repair { floor } => repair(settings, &store, floor).await,
+            SeqAction::Repair { floor } => repair(settings, &store, floor, tls).await,
         }
     });
     report(result)
@@ -265,7 +321,12 @@ impl Shared {
 /// `trackd seq repair`: every source that knows of issued or reserved numbers is read (the
 /// records, this instance's and the deployment's floors, the counters as they are); numbers
 /// continue above the highest of them, or above `--floor` if that is not lower.
-async fn repair(settings: &Settings, store: &Shared, given: Option<u64>) -> Result<String, String> {
+async fn repair(
+    settings: &Settings,
+    store: &Shared,
+    given: Option<u64>,
+    tls: &Tls,
+) -> Result<String, String> {
     use crate::records::{embedded, postgres};
     let mut known: Vec<(String, Option<u64>)> = Vec::new();
     let mut unread: Vec<String> = Vec::new();
@@ -277,9 +338,13 @@ async fn repair(settings: &Settings, store: &Shared, given: Option<u64>) -> Resu
     if !r.postgres_url.is_empty() {
         note(
             "records in PostgreSQL",
-            postgres::highest_seq(r.postgres_url.expose(), settings.tracking.store_timeout)
-                .await
-                .map_err(|e| e.to_string()),
+            postgres::highest_seq(
+                r.postgres_url.expose(),
+                settings.tracking.store_timeout,
+                tls,
+            )
+            .await
+            .map_err(|e| e.to_string()),
         );
     } else {
         note(
@@ -327,7 +392,7 @@ async fn repair(settings: &Settings, store: &Shared, given: Option<u64>) -> Resu
     ))
 }
 
-fn db(settings: &Settings, action: DbAction) -> ExitCode {
+fn db(settings: &Settings, action: DbAction, tls: &Tls) -> ExitCode {
     use crate::policy::{migrate, sample::SampleData, seed};
     use crate::support::pg;
     let url = settings.policy.database_url.expose();
@@ -342,7 +407,7 @@ fn db(settings: &Settings, action: DbAction) -> ExitCode {
         Err(code) => return code,
     };
     let result: Result<String, String> = rt.block_on(async {
-        let mut client = pg::connect(url, settings.policy.connect_timeout, "db command")
+        let mut client = pg::connect(url, settings.policy.connect_timeout, "db command", tls)
             .await
             .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
         match action {

@@ -19,6 +19,8 @@ const ENV_PREFIX: &str = "TRACKD_";
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
+    pub auth: AuthSettings,
+    pub tls: TlsSettings,
     pub tracking: TrackingSettings,
     pub records: RecordsSettings,
     pub storage: StorageSettings,
@@ -28,8 +30,28 @@ pub struct Settings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `<client id>:<scope>[+<scope>…]:sha256:<hex>` entries (`trackd key new` prints one).
+    pub keys: Vec<Secret>,
+    /// Serve without keys even though real data is configured.
+    pub open: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM file of the certificate authorities trusted for TLS to Redis and PostgreSQL; empty:
+    /// the system's.
+    pub ca_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
+    /// The operations listener (`/metrics`, `/readyz` in full); `None`: none.
+    #[serde(deserialize_with = "optional_addr")]
+    pub admin_listen: Option<SocketAddr>,
     pub worker_threads: usize,
     pub max_connections: usize,
     pub max_header_bytes: usize,
@@ -38,6 +60,12 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     #[serde(rename = "idle_timeout_ms", deserialize_with = "millis")]
     pub idle_timeout: Duration,
+    /// A request body must arrive within this.
+    #[serde(rename = "body_read_timeout_ms", deserialize_with = "millis")]
+    pub body_read_timeout: Duration,
+    /// A response the client stops reading for this long closes its connection.
+    #[serde(rename = "write_timeout_ms", deserialize_with = "millis")]
+    pub write_timeout: Duration,
     #[serde(rename = "shutdown_grace_ms", deserialize_with = "millis")]
     pub shutdown_grace: Duration,
     #[serde(rename = "shutdown_linger_ms", deserialize_with = "millis")]
@@ -191,7 +219,6 @@ pub struct PolicySettings {
     pub connect_timeout: Duration,
     #[serde(rename = "load_timeout_secs", deserialize_with = "secs")]
     pub load_timeout: Duration,
-    pub api_keys: Vec<Secret>,
     pub page_size_default: usize,
     pub page_size_max: usize,
 }
@@ -240,6 +267,15 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Empty: none; otherwise an address:port.
+fn optional_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    s.trim().parse().map(Some).map_err(serde::de::Error::custom)
+}
+
 fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     u64::deserialize(d).map(Duration::from_millis)
 }
@@ -279,6 +315,7 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<String>,
+    pub admin_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub sequence_store: Option<String>,
     pub redis_url: Option<String>,
@@ -295,6 +332,7 @@ impl Overrides {
             }
         };
         add("server", "listen", self.listen.clone());
+        add("server", "admin_listen", self.admin_listen.clone());
         add("tracking", "sequence_store", self.sequence_store.clone());
         add("tracking", "redis_url", self.redis_url.clone());
         add("policy", "database_url", self.database_url.clone());
@@ -328,7 +366,7 @@ impl Settings {
         if let Some(path) = file {
             match std::fs::read_to_string(path)
                 .map_err(|e| e.to_string())
-                .and_then(|t| t.parse::<Table>().map_err(|e| e.to_string()))
+                .and_then(|t| t.parse::<Table>().map_err(|e| syntax_error(&e, &t)))
             {
                 Ok(t) => merge(
                     &mut merged,
@@ -383,6 +421,13 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let mut e = Vec::new();
         self.server.validate(&mut e);
+        self.auth.validate(&mut e);
+        if !self.tls.ca_file.as_os_str().is_empty() && !self.tls.ca_file.is_file() {
+            e.push(format!(
+                "tls.ca_file: {} is not a readable file",
+                self.tls.ca_file.display()
+            ));
+        }
         self.tracking.validate(&mut e);
         self.records.validate(&mut e);
         self.policy.validate(&mut e);
@@ -413,11 +458,44 @@ fn positive(e: &mut Vec<String>, checks: &[(&str, bool)]) {
 }
 
 fn postgres_url_ok(url: &Secret) -> bool {
-    url.expose().parse::<tokio_postgres::Config>().is_ok()
+    // `verify-ca` and `verify-full` are trackd's to check; tokio-postgres knows `require`.
+    let url = url
+        .expose()
+        .replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require");
+    url.parse::<tokio_postgres::Config>().is_ok()
+}
+
+impl AuthSettings {
+    fn validate(&self, e: &mut Vec<String>) {
+        let mut ids = std::collections::HashSet::new();
+        for k in &self.keys {
+            match crate::auth::KeyEntry::parse(k.expose()) {
+                Ok(entry) => {
+                    if !ids.insert(entry.client.clone()) {
+                        e.push(format!(
+                            "auth.keys: client '{}' appears twice",
+                            entry.client
+                        ));
+                    }
+                }
+                Err(why) => e.push(format!("auth.keys: {why}")),
+            }
+        }
+        if self.open && !self.keys.is_empty() {
+            e.push("auth.open: true while auth.keys are set; choose one".into());
+        }
+    }
 }
 
 impl ServerSettings {
     fn validate(&self, e: &mut Vec<String>) {
+        if self
+            .admin_listen
+            .is_some_and(|a| a == self.listen && a.port() != 0)
+        {
+            e.push("server.admin_listen: must differ from server.listen".into());
+        }
         if self.max_connections == 0 {
             e.push("server.max_connections: must be at least 1".into());
         }
@@ -435,6 +513,11 @@ impl ServerSettings {
                     self.header_read_timeout.is_zero(),
                 ),
                 ("server.idle_timeout_ms", self.idle_timeout.is_zero()),
+                (
+                    "server.body_read_timeout_ms",
+                    self.body_read_timeout.is_zero(),
+                ),
+                ("server.write_timeout_ms", self.write_timeout.is_zero()),
                 ("server.shutdown_grace_ms", self.shutdown_grace.is_zero()),
             ],
         );
@@ -556,16 +639,6 @@ impl PolicySettings {
                 ("policy.load_timeout_secs", self.load_timeout.is_zero()),
             ],
         );
-        if self
-            .api_keys
-            .iter()
-            .any(|k| k.expose().len() < 16 || k.expose().bytes().any(|b| !b.is_ascii_graphic()))
-        {
-            e.push(
-                "policy.api_keys: every key must be at least 16 printable ASCII characters without spaces (values not shown)"
-                    .into(),
-            );
-        }
         if self.page_size_max == 0 || self.page_size_max > 100_000 {
             e.push("policy.page_size_max: must be between 1 and 100000".into());
         }
@@ -601,6 +674,22 @@ fn count_keys(t: &Table) -> usize {
     t.values()
         .map(|v| v.as_table().map_or(1, |s| s.len()))
         .sum()
+}
+
+/// A TOML syntax error without the offending line (which may hold a key or a password): its
+/// position and what is wrong.
+fn syntax_error(e: &toml::de::Error, text: &str) -> String {
+    let at = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+    let before = &text.as_bytes()[..at];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = at
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1)
+        + 1;
+    let what = e.message().lines().next().unwrap_or("invalid TOML");
+    format!("line {line}, column {column}: {what} (the line is not shown: it may hold a secret)")
 }
 
 /// A URL with any password replaced, for logs.
@@ -795,6 +884,31 @@ mod tests {
                 && text.contains("[nope]"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_place_never_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[tracking]\nsequence_store = \"redis\"\npermutation_key = \"5f1e0c2d9a8b7c6d5e4f30211203f4e5\n",
+        )
+        .unwrap();
+        let text = Settings::load_from(Some(&file), env(&[]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("line 3"), "{text}");
+        assert!(
+            !text.contains("5f1e0c2d"),
+            "the secret is not echoed: {text}"
+        );
+        std::fs::write(&file, "[auth]\nkeys = [\"a:issue:sha256:0123abcd\" oops]\n").unwrap();
+        let text = Settings::load_from(Some(&file), env(&[]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("line 2"), "{text}");
+        assert!(!text.contains("0123abcd"), "{text}");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!   actor and the sequence stores.
 //! - [`policy`]: customer insurance policies served from an in-memory snapshot loaded from
 //!   PostgreSQL (or the bundled sample data) by a loader actor; dumps, migrations, seeding.
+//! - [`auth`]: API keys and their scopes.
 //! - [`supervise`]: restarts of the long-lived actors.
 //! - [`config`], [`metrics`], [`telemetry`]: typed settings, every exported metric, logs.
 //! - [`support`]: one of each shared helper (backoff, lazy connections, PostgreSQL and Redis
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod health;

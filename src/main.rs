@@ -13,8 +13,9 @@ fn main() -> ExitCode {
         Command::Serve {
             cfg,
             listen,
+            admin_listen,
             data_dir,
-        } => match trackd::cli::load(&cfg, listen, data_dir, None) {
+        } => match trackd::cli::load(&cfg, listen, admin_listen, data_dir, None) {
             Ok(settings) => {
                 trackd::telemetry::init(&settings.log);
                 serve(settings)

@@ -20,7 +20,8 @@ SCHEMATHESIS_VERSION=4.32.5
 # negative_data_rejection are left out: the query rules (assigned country codes in any case,
 # decimal weights with bounds) are wider or narrower than a JSON Schema can say exactly, so
 # those two checks would flag the schema's approximations rather than the server.
-CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,unsupported_method,missing_required_header
+# ignored_auth: a route that declares the API key must refuse a request without one.
+CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,unsupported_method,missing_required_header,ignored_auth
 MAX_EXAMPLES=${MAX_EXAMPLES:-100}
 build=1
 while [ $# -gt 0 ]; do
@@ -54,7 +55,12 @@ trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 addr=127.0.0.1:$port
-TRACKD_LOG__LEVEL=warn "$bin" serve --listen "$addr" --data-dir "$work/data" >"$work/trackd.log" 2>&1 &
+# A key with every scope: the requests carry it, and ignored_auth checks that they need it.
+key_out=$("$bin" key new --client schemathesis --scopes issue+lookup+void+policy)
+key=$(printf '%s\n' "$key_out" | awk '/^key:/ { print $2 }')
+entry=$(printf '%s\n' "$key_out" | awk '/^entry:/ { print $2 }')
+TRACKD_LOG__LEVEL=warn TRACKD_AUTH__KEYS="$entry" "$bin" serve --listen "$addr" --admin-listen "" \
+    --data-dir "$work/data" >"$work/trackd.log" 2>&1 &
 pid=$!
 ready() { python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "http://$addr/readyz" 2>/dev/null; }
 for _ in $(seq 100); do
@@ -70,8 +76,11 @@ cd "$work"
 # One worker: with two threads, Python 3.11's ast module can fail inside schemathesis with
 # "SystemError: AST constructor recursion depth mismatch" (CPython gh-106905, state shared by
 # threads), an error of the tool, not of trackd.
+# /metrics is on the operations listener (none here): not on this port.
 "$venv/bin/st" run "http://$addr/openapi.json" \
     --include-path-regex "$PATH_FILTER" \
+    --exclude-path /metrics \
+    --header "Authorization: Bearer $key" \
     --checks "$CHECKS" \
     --max-examples "$MAX_EXAMPLES" \
     --seed 20261123 \

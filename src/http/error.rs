@@ -2,6 +2,7 @@
 //! [`ApiError::into_response`] — a status code and a clear JSON message, never an HTML page.
 
 use super::response::{self, Body};
+use crate::auth::Scope;
 use crate::tracking::order::FieldErrors;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response, StatusCode};
@@ -29,6 +30,10 @@ pub enum ApiError {
     Unavailable(Cow<'static, str>),
     /// The same in the customer-insurance shape.
     Policy(StatusCode, Cow<'static, str>),
+    /// 401: no valid API key (with `WWW-Authenticate`).
+    Unauthenticated(Shape),
+    /// 403: a valid key without the route's scope.
+    Forbidden(Shape, Scope),
 }
 
 impl ApiError {
@@ -57,6 +62,16 @@ impl ApiError {
             }
             ApiError::Unavailable(msg) => response::detail(StatusCode::SERVICE_UNAVAILABLE, &msg),
             ApiError::Policy(status, msg) => response::envelope_error(status, &msg),
+            ApiError::Unauthenticated(shape) => shaped(
+                shape,
+                StatusCode::UNAUTHORIZED,
+                "Authentication required: send a valid API key as `Authorization: Bearer <key>`.",
+            ),
+            ApiError::Forbidden(shape, scope) => shaped(
+                shape,
+                StatusCode::FORBIDDEN,
+                &format!("This API key does not have the '{}' scope.", scope.as_str()),
+            ),
         };
         match r.status() {
             StatusCode::SERVICE_UNAVAILABLE => {
@@ -64,12 +79,21 @@ impl ApiError {
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             StatusCode::UNAUTHORIZED => {
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"trackd\""),
+                );
             }
             _ => {}
         }
         r
+    }
+}
+
+fn shaped(shape: Shape, status: StatusCode, msg: &str) -> Response<Body> {
+    match shape {
+        Shape::Detail => response::detail(status, msg),
+        Shape::Envelope => response::envelope_error(status, msg),
     }
 }
 

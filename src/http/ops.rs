@@ -27,16 +27,21 @@ pub fn liveness(state: &AppState) -> Response<Body> {
     }
 }
 
-/// 200 when every readiness check passes and the server is not draining, else 503 with the
-/// reasons.
-pub fn readiness(state: &AppState) -> Response<Body> {
+/// 200 when every readiness check passes and the server is not draining, else 503: with
+/// every check's details and the reasons on the operations listener (`detailed`), the bare
+/// status on the public one (the details show issued volumes and error strings).
+pub fn readiness(state: &AppState, detailed: bool) -> Response<Body> {
     let v = state.readiness.evaluate(state.is_draining());
     let status = if v.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    response::json(status, &v.body)
+    if detailed {
+        response::json(status, &v.body)
+    } else {
+        response::json(status, &json!({"status": v.body["status"]}))
+    }
 }
 
 /// The Prometheus exposition of every metric, after refreshing the scrape-time values.

@@ -1,6 +1,8 @@
 //! The route table: a request's path is parsed once into a [`Route`], which then serves for
 //! dispatch, the method check and the metrics label (its template).
 
+use super::error::Shape;
+use crate::auth::Scope;
 use hyper::Method;
 
 /// Every route trackd answers, with the parts of the path it needs.
@@ -113,6 +115,28 @@ impl<'p> Route<'p> {
             Route::NextTrackingNumber => "GET",
             Route::IssueRun => "POST",
             _ => "GET, HEAD",
+        }
+    }
+
+    /// The scope a key needs for the route (`None`: no key needed).
+    pub fn scope(&self) -> Option<Scope> {
+        match self {
+            Route::NextTrackingNumber | Route::IssueRun => Some(Scope::Issue),
+            Route::Lookup(_) => Some(Scope::Lookup),
+            Route::UserList | Route::UserPolicy(_) | Route::PolicyDetail(_) | Route::Dump(..) => {
+                Some(Scope::Policy)
+            }
+            Route::Healthz | Route::Readyz | Route::Metrics | Route::OpenApi | Route::Unmatched => {
+                None
+            }
+        }
+    }
+
+    /// The error shape of the route's family.
+    pub fn shape(&self) -> Shape {
+        match self.scope() {
+            Some(Scope::Policy) => Shape::Envelope,
+            _ => Shape::Detail,
         }
     }
 

@@ -6,17 +6,19 @@ use super::error::{ApiError, Handled};
 use super::observe::Observation;
 use super::response::Body;
 use super::route::Route;
+use super::server::Side;
 use super::state::AppState;
 use super::{ops, policy, tracking};
+use crate::auth::Denied;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response};
 
-pub async fn handle(req: Request<Incoming>, state: &AppState) -> Response<Body> {
+pub async fn handle(req: Request<Incoming>, state: &AppState, side: Side) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let route = Route::parse(parts.uri.path());
     let observation = Observation::start(&parts, route);
-    let mut resp = match dispatch(route, &parts, body, state).await {
+    let mut resp = match dispatch(route, &parts, body, state, side).await {
         Ok(r) => r,
         Err(e) => e.into_response(state.retry_after_secs),
     };
@@ -33,6 +35,7 @@ async fn dispatch(
     parts: &hyper::http::request::Parts,
     body: Incoming,
     state: &AppState,
+    side: Side,
 ) -> Handled {
     let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > state.max_uri_bytes {
@@ -45,18 +48,42 @@ async fn dispatch(
             .into(),
         ));
     }
-    if route == Route::Unmatched {
+    // The operations listener answers operations only; the public one, no metrics.
+    let served = match side {
+        Side::Admin => matches!(route, Route::Healthz | Route::Readyz | Route::Metrics),
+        Side::Public => !matches!(route, Route::Metrics | Route::Unmatched),
+    };
+    if !served {
         return Err(ApiError::NoRoute);
     }
     if !route.allows(&parts.method) {
         return Err(ApiError::Method(parts.method.clone(), route.allow()));
     }
+    // Before anything is read or issued: the key and its scope.
+    let client = match route.scope() {
+        None => None,
+        Some(scope) => {
+            let authorization = parts.headers.get(header::AUTHORIZATION);
+            match state
+                .keys
+                .check(authorization.map(HeaderValue::as_bytes), scope)
+            {
+                Ok(client) => client,
+                Err(Denied::Unauthenticated) => {
+                    return Err(ApiError::Unauthenticated(route.shape()));
+                }
+                Err(Denied::Forbidden { scope, .. }) => {
+                    return Err(ApiError::Forbidden(route.shape(), scope));
+                }
+            }
+        }
+    };
     match route {
-        Route::NextTrackingNumber => tracking::next_tracking_number(parts, state).await,
-        Route::IssueRun => tracking::issue_run(parts, body, state).await,
+        Route::NextTrackingNumber => tracking::next_tracking_number(parts, client, state).await,
+        Route::IssueRun => tracking::issue_run(parts, body, client, state).await,
         Route::Lookup(number) => tracking::lookup(number, state).await,
         Route::Healthz => Ok(ops::liveness(state)),
-        Route::Readyz => Ok(ops::readiness(state)),
+        Route::Readyz => Ok(ops::readiness(state, side == Side::Admin)),
         Route::Metrics => Ok(ops::metrics(state)),
         Route::OpenApi => Ok(ops::openapi()),
         Route::UserList | Route::UserPolicy(_) | Route::PolicyDetail(_) | Route::Dump(..) => {

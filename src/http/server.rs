@@ -1,5 +1,6 @@
-//! The accept loop and per-connection driver: connection cap, request-head size and time
-//! limits, idle keep-alive timeout, and graceful draining on shutdown.
+//! The accept loops (the public listener and the operations one) and the per-connection
+//! driver: connection caps, request-head size and time limits, the idle keep-alive timeout, a
+//! write timeout for clients that stop reading, and graceful draining on shutdown.
 
 use super::router;
 use super::state::AppState;
@@ -27,6 +28,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A response the client stops reading for this long closes its connection.
+    pub write_timeout: Duration,
     pub shutdown_grace: Duration,
     pub shutdown_linger: Duration,
 }
@@ -38,28 +41,90 @@ impl From<&ServerSettings> for Limits {
             max_header_bytes: s.max_header_bytes,
             header_read_timeout: s.header_read_timeout,
             idle_timeout: s.idle_timeout,
+            write_timeout: s.write_timeout,
             shutdown_grace: s.shutdown_grace,
             shutdown_linger: s.shutdown_linger.min(s.shutdown_grace),
         }
     }
 }
 
-/// Serves until `shutdown` completes, then drains: stops accepting, lets in-flight requests
-/// finish (answered with `Connection: close`), closes idle connections after the linger time,
-/// and returns when all connections are closed or the grace period is over.
+/// Which listener a connection came in on: the public API, or operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Public,
+    Admin,
+}
+
+/// Open connections of the operations listener at most (a few scrapers and probes).
+const ADMIN_CONNECTIONS: usize = 64;
+
+/// Serves the public listener (and the operations one, if any) until `shutdown` completes,
+/// then drains: stops accepting, lets in-flight requests finish (answered with
+/// `Connection: close`), closes idle connections after the linger time, and returns when all
+/// connections are closed or the grace period is over.
 pub async fn serve(
-    listener: TcpListener,
+    public: TcpListener,
+    admin: Option<TcpListener>,
     state: Arc<AppState>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (drain_tx, drain_rx) = watch::channel(false);
-    tokio::pin!(shutdown);
+    let mut loops = tokio::task::JoinSet::new();
+    let mut permits = Vec::new();
+    for (listener, side, cap) in std::iter::once((public, Side::Public, limits.max_connections))
+        .chain(admin.map(|a| (a, Side::Admin, ADMIN_CONNECTIONS)))
+    {
+        let sem = Arc::new(Semaphore::new(cap));
+        permits.push((Arc::clone(&sem), cap));
+        loops.spawn(accept_loop(
+            listener,
+            side,
+            sem,
+            Arc::clone(&state),
+            limits.clone(),
+            drain_rx.clone(),
+        ));
+    }
+    shutdown.await;
+    state.draining.store(true, Ordering::SeqCst);
+    let _ = drain_tx.send(true);
+    // The listeners close as their loops end.
+    while loops.join_next().await.is_some() {}
+    let open = |permits: &[(Arc<Semaphore>, usize)]| {
+        permits
+            .iter()
+            .map(|(s, cap)| cap - s.available_permits())
+            .sum::<usize>()
+    };
+    tracing::info!(open_connections = open(&permits), "draining");
+    let all = async {
+        for (sem, cap) in &permits {
+            let _ = sem.acquire_many(*cap as u32).await;
+        }
+    };
+    match tokio::time::timeout(limits.shutdown_grace, all).await {
+        Ok(()) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!(
+            open_connections = open(&permits),
+            "shutdown grace period over; closing remaining connections"
+        ),
+    }
+}
+
+/// Accepts connections (at most `permits` open at once) until draining begins.
+async fn accept_loop(
+    listener: TcpListener,
+    side: Side,
+    permits: Arc<Semaphore>,
+    state: Arc<AppState>,
+    limits: Limits,
+    mut drain: watch::Receiver<bool>,
+) {
     loop {
         let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = &mut shutdown => break,
+            p = Arc::clone(&permits).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = drain.changed() => return,
         };
         let (stream, _peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -71,48 +136,36 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = drain.changed() => return,
         };
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
         let limits = limits.clone();
-        let drain = drain_rx.clone();
+        let drain = drain.clone();
         tokio::spawn(async move {
-            serve_connection(stream, state, &limits, drain).await;
+            serve_connection(stream, side, state, &limits, drain).await;
             drop(permit);
         });
-    }
-    drop(listener);
-    state.draining.store(true, Ordering::SeqCst);
-    let _ = drain_tx.send(true);
-    let open = limits.max_connections - permits.available_permits();
-    tracing::info!(open_connections = open, "draining");
-    let all = permits.acquire_many(limits.max_connections as u32);
-    match tokio::time::timeout(limits.shutdown_grace, all).await {
-        Ok(_) => tracing::info!("all connections closed"),
-        Err(_) => tracing::warn!(
-            open_connections = limits.max_connections - permits.available_permits(),
-            "shutdown grace period over; closing remaining connections"
-        ),
     }
 }
 
 async fn serve_connection(
     stream: TcpStream,
+    side: Side,
     state: Arc<AppState>,
     limits: &Limits,
     mut drain: watch::Receiver<bool>,
 ) {
     let started = Instant::now();
-    let last_read = Arc::new(AtomicU64::new(0));
+    let activity = Arc::new(Activity::default());
     let io = TokioIo::new(ActivityStream {
         inner: stream,
         started,
-        last_read: Arc::clone(&last_read),
+        activity: Arc::clone(&activity),
     });
     let svc = service_fn(move |req| {
         let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(router::handle(req, &state).await) }
+        async move { Ok::<_, Infallible>(router::handle(req, &state, side).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -130,7 +183,8 @@ async fn serve_connection(
     } else {
         Instant::now() + far
     };
-    let mut idle_check = started + limits.idle_timeout;
+    let check_every = limits.idle_timeout.min(limits.write_timeout);
+    let mut check_at = started + check_every;
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -149,25 +203,64 @@ async fn serve_connection(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = tokio::time::sleep_until(idle_check), if !closing => {
-                let last = started + Duration::from_millis(last_read.load(Ordering::Relaxed));
-                if last.elapsed() >= limits.idle_timeout {
+            _ = tokio::time::sleep_until(check_at) => {
+                let at = |ms: u64| started + Duration::from_millis(ms);
+                let blocked = activity.write_blocked_since.load(Ordering::Relaxed);
+                if blocked != 0 && at(blocked).elapsed() >= limits.write_timeout {
+                    // The client stopped reading its response: nothing more can be sent.
+                    tracing::debug!("closing a connection whose client stopped reading");
+                    return;
+                }
+                let last = at(activity.last_read.load(Ordering::Relaxed));
+                if !closing && last.elapsed() >= limits.idle_timeout {
                     // Lets a request in progress finish, closes an idle connection at once.
                     conn.as_mut().graceful_shutdown();
                     closing = true;
-                } else {
-                    idle_check = last + limits.idle_timeout;
                 }
+                check_at = Instant::now() + check_every;
             }
         }
     }
 }
 
-/// A TCP stream that records when it last read bytes, for the idle timeout.
+/// What a connection's stream saw last, in milliseconds since the connection started.
+#[derive(Default)]
+struct Activity {
+    last_read: AtomicU64,
+    /// Since when a write has been waiting for the client to read (0: none waits).
+    write_blocked_since: AtomicU64,
+}
+
+/// A TCP stream that records when it last read bytes (for the idle timeout) and since when a
+/// write waits for the client (for the write timeout).
 struct ActivityStream {
     inner: TcpStream,
     started: Instant,
-    last_read: Arc<AtomicU64>,
+    activity: Arc<Activity>,
+}
+
+impl ActivityStream {
+    fn now_ms(&self) -> u64 {
+        // Never 0, which means "not blocked".
+        (self.started.elapsed().as_millis() as u64).max(1)
+    }
+
+    /// Notes whether a write went through or has to wait for the client.
+    fn wrote<T>(&self, res: &Poll<T>) {
+        let blocked = &self.activity.write_blocked_since;
+        match res {
+            Poll::Pending => {
+                if blocked.load(Ordering::Relaxed) == 0 {
+                    blocked.store(self.now_ms(), Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(_) => {
+                if blocked.load(Ordering::Relaxed) != 0 {
+                    blocked.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+    }
 }
 
 impl AsyncRead for ActivityStream {
@@ -180,8 +273,8 @@ impl AsyncRead for ActivityStream {
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.last_read
-                .store(this.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let now = this.now_ms();
+            this.activity.last_read.store(now, Ordering::Relaxed);
         }
         res
     }
@@ -193,14 +286,20 @@ impl AsyncWrite for ActivityStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(&res);
+        res
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(&res);
+        res
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

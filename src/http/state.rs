@@ -1,6 +1,7 @@
 //! What every request handler reads: the application services, built by [`crate::app`] and
 //! handed to the server.
 
+use crate::auth::Keys;
 use crate::health::{Liveness, Readiness};
 use crate::issue::Issuer;
 use crate::metrics::HttpMetrics;
@@ -11,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub struct AppState {
+    /// The API keys (none: open).
+    pub keys: Keys,
     /// Issues numbers (allocator, records, idempotency keys).
     pub issuer: Issuer,
     /// Where records are read (lookups); `None` with `records.mode = "off"`.
@@ -27,6 +30,8 @@ pub struct AppState {
     /// Set once shutdown has begun: readiness fails and responses close their connection.
     pub draining: AtomicBool,
     pub max_uri_bytes: usize,
+    /// A request body must arrive within this.
+    pub body_read_timeout: std::time::Duration,
     /// Seconds sent in `Retry-After` with a 503.
     pub retry_after_secs: u64,
 }

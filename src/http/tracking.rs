@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use std::borrow::Cow;
+use std::time::Duration;
 
 /// Parsed once: a header looked up by `&str` is parsed again on every request.
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -26,10 +27,14 @@ static REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 /// Largest accepted `POST /api/tracking-numbers` body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// `GET /api/next-tracking-number/`.
-pub async fn next_tracking_number(parts: &Parts, state: &AppState) -> Handled {
+/// `GET /api/next-tracking-number/`, for `client` (the API key's, when keys are configured).
+pub async fn next_tracking_number(
+    parts: &Parts,
+    client: Option<&str>,
+    state: &AppState,
+) -> Handled {
     let order = Order::try_from(OrderFields::from_pairs(form::pairs(parts.uri.query())))?;
-    let key = idempotency_key(&parts.headers)?;
+    let key = idempotency_key(&parts.headers, client)?;
     let outcome = state
         .issuer
         .issue(Request {
@@ -42,7 +47,12 @@ pub async fn next_tracking_number(parts: &Parts, state: &AppState) -> Handled {
 }
 
 /// `POST /api/tracking-numbers`: the GET's fields as a JSON object, plus optional `count`.
-pub async fn issue_run(parts: &Parts, body: Incoming, state: &AppState) -> Handled {
+pub async fn issue_run(
+    parts: &Parts,
+    body: Incoming,
+    client: Option<&str>,
+    state: &AppState,
+) -> Handled {
     if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
         let essence = ct.to_str().unwrap_or("").split(';').next().unwrap_or("");
         if !essence.trim().eq_ignore_ascii_case("application/json") {
@@ -52,9 +62,9 @@ pub async fn issue_run(parts: &Parts, body: Incoming, state: &AppState) -> Handl
             ));
         }
     }
-    let bytes = read_body(body, MAX_BODY_BYTES).await?;
+    let bytes = read_body(body, MAX_BODY_BYTES, state.body_read_timeout).await?;
     let (order, count) = parse_run(&bytes)?;
-    let key = idempotency_key(&parts.headers)?;
+    let key = idempotency_key(&parts.headers, client)?;
     let outcome = state
         .issuer
         .issue(Request {
@@ -95,11 +105,12 @@ pub async fn lookup(raw: &str, state: &AppState) -> Handled {
     }
 }
 
-/// The request's `Idempotency-Key`, if it sent one.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<Key>, ApiError> {
+/// The request's `Idempotency-Key`, if it sent one: the client's own (another client's key of
+/// the same name is another key).
+fn idempotency_key(headers: &HeaderMap, client: Option<&str>) -> Result<Option<Key>, ApiError> {
     match headers.get(&IDEMPOTENCY_KEY) {
         None => Ok(None),
-        Some(v) => Key::parse(v.as_bytes(), None)
+        Some(v) => Key::parse(v.as_bytes(), client)
             .map(Some)
             .map_err(|e| ApiError::bad_request(e.to_string())),
     }
@@ -134,14 +145,25 @@ fn answer(outcome: Outcome) -> Handled {
     }
 }
 
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::Status(
+/// The whole body, at most `limit` bytes, within `within` (a client that sends it slowly is
+/// answered 408 and cannot hold its connection).
+async fn read_body(body: Incoming, limit: usize, within: Duration) -> Result<Bytes, ApiError> {
+    let read = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(within, read).await {
+        Err(_) => Err(ApiError::Status(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "The request body did not arrive within {} ms.",
+                within.as_millis()
+            )
+            .into(),
+        )),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::Status(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("Request body too large: at most {limit} bytes.").into(),
         )),
-        Err(_) => Err(ApiError::bad_request("The request body could not be read.")),
+        Ok(Err(_)) => Err(ApiError::bad_request("The request body could not be read.")),
     }
 }
 

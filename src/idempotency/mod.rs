@@ -125,6 +125,7 @@ impl Idempotency {
     pub fn for_store(
         t: &TrackingSettings,
         embedded: impl FnOnce() -> Result<Arc<redb::Database>, String>,
+        tls: &crate::support::tls::Tls,
     ) -> Result<Self, String> {
         Ok(match t.sequence_store {
             SequenceStoreKind::Redis => Self::new(redis::RedisKeys::new(
@@ -132,10 +133,12 @@ impl Idempotency {
                 t.redis_cluster,
                 &t.redis_key_prefix,
                 t.store_timeout,
+                tls.clone(),
             )),
             SequenceStoreKind::Postgres => Self::new(postgres::PostgresKeys::new(
                 t.postgres_url.expose(),
                 t.store_timeout,
+                tls.clone(),
             )),
             SequenceStoreKind::Embedded => {
                 Self::new(embedded::EmbeddedKeys::open(embedded()?).map_err(|e| e.to_string())?)

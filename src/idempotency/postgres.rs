@@ -7,6 +7,7 @@ use super::entry::{Decision, Entry, TTL, decide};
 use super::{Backend, BackendFuture, Begin, Claim, IdemError, InFlight, Key};
 use crate::support::lazy::Lazy;
 use crate::support::pg;
+use crate::support::tls::Tls;
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -22,6 +23,7 @@ CREATE INDEX IF NOT EXISTS trackd_idempotency_expires ON trackd_idempotency (exp
 pub struct PostgresKeys {
     url: String,
     timeout: Duration,
+    tls: Tls,
     client: Lazy<Client>,
 }
 
@@ -34,16 +36,17 @@ fn db_err(e: tokio_postgres::Error) -> IdemError {
 }
 
 impl PostgresKeys {
-    pub fn new(url: &str, timeout: Duration) -> Self {
+    pub fn new(url: &str, timeout: Duration, tls: Tls) -> Self {
         Self {
             url: url.to_owned(),
             timeout,
+            tls,
             client: Lazy::new(),
         }
     }
 
     async fn connect(&self) -> Result<Client, IdemError> {
-        let client = pg::connect(&self.url, self.timeout, "idempotency keys")
+        let client = pg::connect(&self.url, self.timeout, "idempotency keys", &self.tls)
             .await
             .map_err(err)?;
         pg::ensure_schema(&client, SCHEMA).await.map_err(db_err)?;

@@ -6,6 +6,7 @@ use super::entry::{Decision, Entry, TTL, decide};
 use super::{Backend, BackendFuture, Begin, Claim, IdemError, InFlight, Key};
 use crate::support::lazy::Lazy;
 use crate::support::redis::{Conn, breaks_connection, connect};
+use crate::support::tls::Tls;
 use std::time::Duration;
 
 /// Takes over a stale pending key only if it still holds exactly what was read (ARGV[1]).
@@ -43,16 +44,24 @@ pub struct RedisKeys {
     cluster: bool,
     prefix: String,
     timeout: Duration,
+    tls: Tls,
     conn: Lazy<Conn>,
 }
 
 impl RedisKeys {
-    pub fn new(urls: Vec<String>, cluster: bool, prefix: &str, timeout: Duration) -> Self {
+    pub fn new(
+        urls: Vec<String>,
+        cluster: bool,
+        prefix: &str,
+        timeout: Duration,
+        tls: Tls,
+    ) -> Self {
         Self {
             urls,
             cluster,
             prefix: prefix.to_owned(),
             timeout,
+            tls,
             conn: Lazy::new(),
         }
     }
@@ -64,7 +73,7 @@ impl RedisKeys {
     async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, IdemError> {
         let mut slot = self.conn.lock().await;
         let c = slot
-            .get(|| connect(&self.urls, self.cluster, self.timeout))
+            .get(|| connect(&self.urls, self.cluster, self.timeout, &self.tls))
             .await
             .map_err(|e| IdemError(format!("redis: {e}")))?;
         match tokio::time::timeout(self.timeout * 2, cmd.query_async::<T>(c)).await {

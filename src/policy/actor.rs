@@ -20,6 +20,7 @@ pub const CHANNEL: &str = "trackd_policy";
 #[derive(Clone)]
 pub struct LoaderArgs {
     pub url: String,
+    pub tls: crate::support::tls::Tls,
     pub cache: Arc<PolicyCache>,
     pub interval: Duration,
     pub debounce: Duration,
@@ -101,7 +102,7 @@ impl Actor for LoaderActor {
         let started = Instant::now();
         let result = match tokio::time::timeout(
             st.args.load_timeout,
-            load::load(&st.args.url, st.args.connect_timeout),
+            load::load(&st.args.url, st.args.connect_timeout, &st.args.tls),
         )
         .await
         {
@@ -171,9 +172,10 @@ async fn listen_once(
     queued: &AtomicBool,
     first: bool,
 ) -> Result<(), String> {
-    let (client, mut notifications) = pg::connect_listening(&args.url, args.connect_timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (client, mut notifications) =
+        pg::connect_listening(&args.url, args.connect_timeout, &args.tls)
+            .await
+            .map_err(|e| e.to_string())?;
     client
         .batch_execute(&format!("LISTEN {CHANNEL}"))
         .await

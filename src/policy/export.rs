@@ -107,7 +107,18 @@ fn iso(d: Option<Date>) -> String {
     s
 }
 
-/// RFC 4180: a header row, CRLF line ends, fields quoted when needed.
+/// A text cell as a spreadsheet will not run it: one that begins with `=`, `+`, `-`, `@`, a
+/// tab or a carriage return would be read as a formula (CSV injection), so it gets a leading
+/// `'`, as OWASP advises.
+fn neutral(cell: &str) -> std::borrow::Cow<'_, str> {
+    match cell.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{cell}").into(),
+        _ => cell.into(),
+    }
+}
+
+/// RFC 4180: a header row, CRLF line ends, fields quoted when needed, text cells neutralised
+/// against formula injection.
 pub fn to_csv(rows: &[DumpRow<'_>]) -> Result<Vec<u8>, ExportError> {
     let mut w = csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
@@ -115,11 +126,11 @@ pub fn to_csv(rows: &[DumpRow<'_>]) -> Result<Vec<u8>, ExportError> {
     w.write_record(COLUMNS)?;
     for r in rows {
         w.write_record([
-            r.user_name,
+            &*neutral(r.user_name),
             &r.user_id.to_string(),
             &r.policy_id.to_string(),
-            r.policy_name,
-            r.policy_number,
+            &neutral(r.policy_name),
+            &neutral(r.policy_number),
             &iso(r.start),
             &iso(r.expiry),
         ])?;
@@ -248,6 +259,37 @@ mod tests {
                 expiry: Some(date!(2030 - 01 - 02)),
             },
         ]
+    }
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_run_are_neutralised() {
+        let names = [
+            "=HYPERLINK(\"http://x\")",
+            "+1",
+            "-2+3",
+            "@SUM(A1)",
+            "\tcmd",
+            "\rx",
+        ];
+        for name in names {
+            let row = DumpRow {
+                user_name: name,
+                user_id: 1,
+                policy_id: 2,
+                policy_name: name,
+                policy_number: "=1+1",
+                start: None,
+                expiry: None,
+            };
+            let out = String::from_utf8(to_csv(&[row]).unwrap()).unwrap();
+            let mut r = csv::Reader::from_reader(out.as_bytes());
+            let rec = r.records().next().unwrap().unwrap();
+            assert_eq!(&rec[0], format!("'{name}"), "{out}");
+            assert_eq!(&rec[3], format!("'{name}"));
+            assert_eq!(&rec[4], "'=1+1");
+        }
+        // Others are left alone, and JSON keeps the names as they are.
+        assert_eq!(neutral("Zoë = 1"), "Zoë = 1");
     }
 
     #[test]

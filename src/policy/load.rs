@@ -45,8 +45,12 @@ impl<'a> FromSql<'a> for UnixMicros {
 }
 
 /// Connects to `url` and loads a snapshot.
-pub async fn load(url: &str, connect_timeout: Duration) -> Result<Snapshot, LoadError> {
-    let mut client = pg::connect(url, connect_timeout, "policy load").await?;
+pub async fn load(
+    url: &str,
+    connect_timeout: Duration,
+    tls: &crate::support::tls::Tls,
+) -> Result<Snapshot, LoadError> {
+    let mut client = pg::connect(url, connect_timeout, "policy load", tls).await?;
     let result = async {
         let tx = client
             .build_transaction()

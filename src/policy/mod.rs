@@ -85,10 +85,9 @@ impl PolicyCache {
     }
 }
 
-/// What the HTTP handlers need: the cache, the API keys and the paging limits.
+/// What the HTTP handlers need: the cache and the paging limits.
 pub struct PolicyService {
     pub cache: Arc<PolicyCache>,
-    api_keys: Vec<Box<[u8]>>,
     pub page_size_default: usize,
     pub page_size_max: usize,
 }
@@ -97,41 +96,9 @@ impl PolicyService {
     pub fn new(cache: Arc<PolicyCache>, settings: &PolicySettings) -> Self {
         Self {
             cache,
-            api_keys: settings
-                .api_keys
-                .iter()
-                .map(|k| k.expose().as_bytes().into())
-                .collect(),
             page_size_default: settings.page_size_default,
             page_size_max: settings.page_size_max,
         }
-    }
-
-    pub fn requires_key(&self) -> bool {
-        !self.api_keys.is_empty()
-    }
-
-    /// Whether an `Authorization` header value carries a configured key (`Bearer KEY`).
-    /// Every configured key is compared, each in constant time.
-    pub fn authorized(&self, authorization: Option<&[u8]>) -> bool {
-        if self.api_keys.is_empty() {
-            return true;
-        }
-        let Some(h) = authorization else {
-            return false;
-        };
-        let Some(token) = h
-            .get(..7)
-            .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
-            .and_then(|_| h.get(7..))
-        else {
-            return false;
-        };
-        let mut ok = subtle::Choice::from(0u8);
-        for k in &self.api_keys {
-            ok |= subtle::ConstantTimeEq::ct_eq(&k[..], token);
-        }
-        bool::from(ok)
     }
 }
 
@@ -141,7 +108,10 @@ pub type Loader = (ractor::ActorCell, tokio::task::JoinHandle<()>, Arc<Health>);
 /// Starts the policy cache of the configuration's `policy` section: with an empty
 /// `database_url` the bundled sample data is loaded at once; otherwise the loader actor is
 /// started (supervised) and the cache fills in the background.
-pub async fn start(settings: &PolicySettings) -> Result<(PolicyService, Option<Loader>), String> {
+pub async fn start(
+    settings: &PolicySettings,
+    tls: &crate::support::tls::Tls,
+) -> Result<(PolicyService, Option<Loader>), String> {
     if settings.database_url.is_empty() {
         let cache = Arc::new(PolicyCache::new("sample"));
         let started = std::time::Instant::now();
@@ -154,6 +124,7 @@ pub async fn start(settings: &PolicySettings) -> Result<(PolicyService, Option<L
     let cache = Arc::new(PolicyCache::new("postgres"));
     let args = actor::LoaderArgs {
         url: settings.database_url.expose().to_owned(),
+        tls: tls.clone(),
         cache: Arc::clone(&cache),
         interval: settings.refresh_interval,
         debounce: settings.notify_debounce,
@@ -170,30 +141,6 @@ pub async fn start(settings: &PolicySettings) -> Result<(PolicyService, Option<L
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn service(keys: &[&str]) -> PolicyService {
-        PolicyService {
-            cache: Arc::new(PolicyCache::new("test")),
-            api_keys: keys.iter().map(|k| k.as_bytes().into()).collect(),
-            page_size_default: 10,
-            page_size_max: 100,
-        }
-    }
-
-    #[test]
-    fn api_keys_are_checked() {
-        let open = service(&[]);
-        assert!(open.authorized(None));
-        let s = service(&["k1-secret", "k2-secret"]);
-        assert!(!s.authorized(None));
-        assert!(s.authorized(Some(b"Bearer k1-secret")));
-        assert!(s.authorized(Some(b"bearer k2-secret")));
-        assert!(!s.authorized(Some(b"Bearer k1-secre")));
-        assert!(!s.authorized(Some(b"Bearer k1-secretx")));
-        assert!(!s.authorized(Some(b"Basic k1-secret")));
-        assert!(!s.authorized(Some(b"Bearer")));
-        assert!(!s.authorized(Some(b"k1-secret")));
-    }
 
     #[test]
     fn cache_is_empty_until_published() {

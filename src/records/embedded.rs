@@ -25,9 +25,11 @@ const GROUP_BITS: u32 = 5;
 
 /// Opens (or creates) the data directory's redb file, shared by records and idempotency keys.
 pub fn open(data_dir: &Path) -> Result<Arc<Database>, String> {
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    crate::support::private::dir(data_dir)?;
     let path = data_dir.join("trackd.redb");
     let db = Database::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // It holds customer names.
+    crate::support::private::restrict(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     // Create the tables once so that readers never find them missing.
     let tx = db.begin_write().map_err(|e| e.to_string())?;
     tx.open_table(RECORD_GROUPS).map_err(|e| e.to_string())?;

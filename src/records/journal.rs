@@ -112,7 +112,7 @@ pub struct Replay {
 
 /// Reads every frame of the segments numbered `from` and above (creating `dir` if needed).
 pub fn replay(dir: &Path, from: u64) -> io::Result<Replay> {
-    std::fs::create_dir_all(dir)?;
+    crate::support::private::subdir(dir)?;
     let mut payloads = Vec::new();
     let mut next_segment = from;
     let mut bytes = Vec::new();
@@ -168,7 +168,7 @@ impl Journal {
     /// files are recycled or removed). Leaves a spare file ready for the first rotation
     /// (zero-filled here if there is none, once per data directory, rather than under load).
     pub fn start(dir: &Path, segment: u64, segment_bytes: u64) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        crate::support::private::subdir(dir)?;
         let path = segment_path(dir, segment);
         let mut old = segments(dir)?.into_iter().filter(|(n, _)| *n < segment);
         if !path.exists() {
@@ -319,7 +319,11 @@ fn create_zeroed(dir: &Path, path: &Path, bytes: u64) -> io::Result<()> {
             .and_then(|n| n.to_str())
             .unwrap_or("segment")
     ));
-    let mut f = File::create(&tmp)?;
+    let mut f = crate::support::private::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
     let zeros = vec![0u8; 1 << 20];
     let mut left = bytes;
     while left > 0 {

@@ -44,6 +44,7 @@ pub fn start(
     permutation: Permutation,
     data_dir: &Path,
     db: impl FnOnce() -> Result<Arc<redb::Database>, String>,
+    tls: &crate::support::tls::Tls,
 ) -> Result<Option<Records>, String> {
     let (sink, writers): (Arc<dyn RecordSink>, usize) = if r.mode == RecordsMode::Off {
         return Ok(None);
@@ -53,6 +54,7 @@ pub fn start(
             store_timeout,
             POSTGRES_DURABLE_WRITERS,
             permutation,
+            tls.clone(),
         );
         (Arc::new(sink), POSTGRES_DURABLE_WRITERS)
     } else {

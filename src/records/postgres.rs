@@ -8,6 +8,7 @@
 use super::{Batch, Fields, Record, RecordSink, SinkError, SinkFuture};
 use crate::support::lazy::Lazy;
 use crate::support::pg;
+use crate::support::tls::Tls;
 use crate::tracking::number::TrackingNumber;
 use crate::tracking::permute::Permutation;
 use bytes::{BufMut, BytesMut};
@@ -80,6 +81,7 @@ pub struct PostgresRecords {
     reader: Lazy<Client>,
     schema: tokio::sync::OnceCell<()>,
     permutation: Permutation,
+    tls: Tls,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> SinkError {
@@ -92,7 +94,13 @@ fn pg_error(e: tokio_postgres::Error) -> SinkError {
 }
 
 impl PostgresRecords {
-    pub fn new(url: &str, timeout: Duration, connections: usize, permutation: Permutation) -> Self {
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        connections: usize,
+        permutation: Permutation,
+        tls: Tls,
+    ) -> Self {
         Self {
             url: url.to_owned(),
             timeout,
@@ -100,11 +108,12 @@ impl PostgresRecords {
             reader: Lazy::new(),
             schema: tokio::sync::OnceCell::new(),
             permutation,
+            tls,
         }
     }
 
     async fn connect(&self) -> Result<Client, SinkError> {
-        let client = pg::connect(&self.url, self.timeout, "record store")
+        let client = pg::connect(&self.url, self.timeout, "record store", &self.tls)
             .await
             .map_err(unavailable)?;
         self.schema
@@ -159,10 +168,32 @@ impl PostgresRecords {
                     client
                         .batch_execute(
                             "INSERT INTO tracking_numbers SELECT * FROM tracking_numbers_staging \
-                             ON CONFLICT (seq) DO NOTHING; COMMIT",
+                             ON CONFLICT (seq) DO NOTHING",
                         )
                         .await
-                        .map_err(pg_error)
+                        .map_err(pg_error)?;
+                    // What was there already must be these very records (the failed attempt
+                    // committed): another number under one of these sequences means another
+                    // deployment writes to this table, and its records must not be dropped.
+                    let clash: i64 = client
+                        .query_one(
+                            "SELECT count(*) FROM tracking_numbers_staging s \
+                             JOIN tracking_numbers t USING (seq) \
+                             WHERE t.tracking_number <> s.tracking_number",
+                            &[],
+                        )
+                        .await
+                        .map_err(pg_error)?
+                        .get(0);
+                    if clash > 0 {
+                        client.batch_execute("ROLLBACK").await.map_err(pg_error)?;
+                        return Err(SinkError::Rejected(format!(
+                            "{clash} record(s) of this batch have sequences that hold other \
+                             tracking numbers in tracking_numbers: another deployment (another \
+                             sequence store) writes to this table"
+                        )));
+                    }
+                    client.batch_execute("COMMIT").await.map_err(pg_error)
                 }
                 .await
             } else {
@@ -184,8 +215,12 @@ impl PostgresRecords {
 
 /// The highest sequence number recorded in the `tracking_numbers` table at `url` (`None`: no
 /// record, or no table).
-pub async fn highest_seq(url: &str, timeout: Duration) -> Result<Option<u64>, SinkError> {
-    let client = pg::connect(url, timeout, "records")
+pub async fn highest_seq(
+    url: &str,
+    timeout: Duration,
+    tls: &Tls,
+) -> Result<Option<u64>, SinkError> {
+    let client = pg::connect(url, timeout, "records", tls)
         .await
         .map_err(unavailable)?;
     match client

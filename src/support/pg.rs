@@ -1,9 +1,10 @@
-//! PostgreSQL connections, made one way everywhere: within a time limit, the connection driven
-//! on a task of its own (logging, under the caller's name, how it ended), and errors shown
-//! with the server's own message.
+//! PostgreSQL connections, made one way everywhere: within a time limit, encrypted as the URL's
+//! `sslmode` says ([`super::tls`]), the connection driven on a task of its own (logging, under
+//! the caller's name, how it ended), and errors shown with the server's own message.
 
+use super::tls::Tls;
 use std::time::Duration;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 /// Why a connection could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +20,17 @@ pub enum ConnectError {
 pub fn message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
-        None => e.to_string(),
+        None => {
+            // "error performing TLS handshake" and the like say why only in their source.
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
     }
 }
 
@@ -28,8 +39,10 @@ pub async fn connect(
     url: &str,
     timeout: Duration,
     what: &'static str,
+    tls: &Tls,
 ) -> Result<Client, ConnectError> {
-    let (client, conn) = tokio::time::timeout(timeout, tokio_postgres::connect(url, NoTls))
+    let (url, tls) = tls.postgres(url);
+    let (client, conn) = tokio::time::timeout(timeout, tokio_postgres::connect(&url, tls))
         .await
         .map_err(|_| ConnectError::Timeout(timeout))??;
     tokio::spawn(async move {
@@ -45,9 +58,11 @@ pub async fn connect(
 pub async fn connect_listening(
     url: &str,
     timeout: Duration,
+    tls: &Tls,
 ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>), ConnectError> {
     use futures_util::StreamExt;
-    let (client, mut conn) = tokio::time::timeout(timeout, tokio_postgres::connect(url, NoTls))
+    let (url, tls) = tls.postgres(url);
+    let (client, mut conn) = tokio::time::timeout(timeout, tokio_postgres::connect(&url, tls))
         .await
         .map_err(|_| ConnectError::Timeout(timeout))??;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -1,6 +1,6 @@
-//! Redis connections, made one way everywhere: a single server (through redis-rs's
-//! reconnecting connection manager) or a Redis Cluster given its seed nodes, with the store's
-//! time limits on connecting and on every reply.
+//! Redis connections, made one way everywhere: a single server or a Redis Cluster given its
+//! seed nodes, with the store's time limits on connecting and on every reply, over TLS for
+//! `rediss://` URLs (trusting `tls.ca_file` when set).
 
 use super::lazy::Connection;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -74,17 +74,20 @@ pub async fn connect(
     urls: &[String],
     cluster: bool,
     timeout: Duration,
+    tls: &super::tls::Tls,
 ) -> redis::RedisResult<Conn> {
     Ok(if cluster {
-        let client = ClusterClient::builder(urls.to_vec())
+        let mut builder = ClusterClient::builder(urls.to_vec())
             .connection_timeout(timeout)
             .response_timeout(timeout)
-            .retries(1)
-            .build()?;
-        Conn::Cluster(client.get_async_connection().await?)
+            .retries(1);
+        if let Some(certs) = tls.redis_certificates() {
+            builder = builder.certs(certs);
+        }
+        Conn::Cluster(builder.build()?.get_async_connection().await?)
     } else {
         let url = urls.first().map_or("", String::as_str);
-        let client = redis::Client::open(url)?;
+        let client = tls.redis_client(url)?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));

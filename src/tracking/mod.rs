@@ -9,6 +9,7 @@ pub mod permute;
 pub mod store;
 
 use crate::config::{SequenceStoreKind, TrackingSettings};
+use crate::support::tls::Tls;
 use allocator::{Allocator, BlockSizing, Unavailable};
 use number::TrackingNumber;
 use order::Order;
@@ -45,10 +46,11 @@ pub fn floors(
     key: &PermutationKey,
     data_dir: &Path,
     floors_url: Option<&str>,
+    tls: &Tls,
 ) -> Result<Floors, StoreError> {
     let (deployment, counters) = match t.sequence_store {
         SequenceStoreKind::Redis => (
-            store::redis::RedisStore::config(t, key).deployment(),
+            store::redis::RedisStore::config(t, key, tls.clone()).deployment(),
             t.redis_shards as usize,
         ),
         SequenceStoreKind::Postgres => (store::postgres::PostgresStore::deployment(t, key), 1),
@@ -57,7 +59,7 @@ pub fn floors(
     let local = floors::LocalFloors::open(data_dir, &deployment, counters)?;
     let deployment_floors = floors_url
         .filter(|_| t.deployment_floors)
-        .map(|url| floors::DeploymentFloors::new(url, t.store_timeout, &deployment));
+        .map(|url| floors::DeploymentFloors::new(url, t.store_timeout, &deployment, tls.clone()));
     Ok(Floors {
         local: Some(Arc::new(local)),
         deployment: deployment_floors,
@@ -72,25 +74,20 @@ pub fn open_store(
     t: &TrackingSettings,
     data_dir: &Path,
     floors_url: Option<&str>,
+    tls: &Tls,
 ) -> Result<(Arc<dyn SequenceStore>, PermutationKey), StartError> {
     match t.sequence_store {
         SequenceStoreKind::Redis => {
             let key = t.permutation_key.ok_or(StartError::KeyRequired)?;
-            let floors = floors(t, &key, data_dir, floors_url)?;
-            Ok((
-                Arc::new(store::redis::RedisStore::from_settings(t, &key, floors)),
-                key,
-            ))
+            let floors = floors(t, &key, data_dir, floors_url, tls)?;
+            let store = store::redis::RedisStore::from_settings(t, &key, floors, tls.clone());
+            Ok((Arc::new(store), key))
         }
         SequenceStoreKind::Postgres => {
             let key = t.permutation_key.ok_or(StartError::KeyRequired)?;
-            let floors = floors(t, &key, data_dir, floors_url)?;
-            Ok((
-                Arc::new(store::postgres::PostgresStore::from_settings(
-                    t, &key, floors,
-                )),
-                key,
-            ))
+            let floors = floors(t, &key, data_dir, floors_url, tls)?;
+            let store = store::postgres::PostgresStore::from_settings(t, &key, floors, tls.clone());
+            Ok((Arc::new(store), key))
         }
         SequenceStoreKind::Embedded => {
             let store = EmbeddedStore::open(data_dir)?;

@@ -34,13 +34,26 @@ pub const ORDER_QUERY: &str = "origin_country_id=MY&destination_country_id=ID&we
     &created_at=2018-11-20T19:29:32%2B08:00&customer_id=de619854-b59b-425e-9db4-943979e1bd49\
     &customer_name=RedBox%20Logistics&customer_slug=redbox-logistics";
 
+/// Makes an existing directory private (0700), as trackd requires of its data directory
+/// (`tempfile`'s directories are 0755).
+pub fn make_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if dir.exists() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+}
+
 pub fn test_settings(data_dir: &Path) -> Settings {
+    make_private(data_dir);
     let overrides = Overrides {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(data_dir.to_owned()),
         ..Default::default()
     };
     let mut s = Settings::load_from(None, Vec::new(), &overrides).expect("default settings");
+    s.server.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    // Tests of other things run open, whatever stores they use (the security tests set keys).
+    s.auth.open = true;
     s.tracking.permutation_key = PermutationKey::from_hex(KEY_HEX);
     s.log.level = "warn".into();
     s
@@ -48,6 +61,8 @@ pub fn test_settings(data_dir: &Path) -> Settings {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The operations listener.
+    pub admin_addr: SocketAddr,
     /// The running application's state (its services, for tests that reach inside).
     pub state: Arc<trackd::http::state::AppState>,
     pub client: reqwest::Client,
@@ -65,6 +80,15 @@ impl TestApp {
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// A GET on the operations listener (`/readyz` with details, `/metrics`).
+    pub async fn admin(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("http://{}{path}", self.admin_addr))
             .send()
             .await
             .expect("request")
@@ -110,6 +134,9 @@ pub async fn spawn_app_in(dir: &Path, customize: impl FnOnce(&mut Settings)) -> 
     trackd::telemetry::init(&settings.log);
     let app = Application::build(&settings).await.expect("app builds");
     let addr = app.local_addr();
+    let admin_addr = app
+        .admin_addr()
+        .expect("the tests' settings have an admin listener");
     let state = app.state();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run_until_stopped(async {
@@ -117,6 +144,7 @@ pub async fn spawn_app_in(dir: &Path, customize: impl FnOnce(&mut Settings)) -> 
     }));
     TestApp {
         addr,
+        admin_addr,
         state,
         client: reqwest::Client::new(),
         data_dir: dir.to_owned(),
@@ -130,19 +158,30 @@ pub async fn spawn_app_in(dir: &Path, customize: impl FnOnce(&mut Settings)) -> 
 pub struct TrackdProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The operations listener.
+    pub admin: SocketAddr,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl TrackdProcess {
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        make_private(data_dir);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_trackd"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("TRACKD_TRACKING__PERMUTATION_KEY", KEY_HEX)
-            .env("TRACKD_LOG__LEVEL", "info")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("TRACKD_TRACKING__PERMUTATION_KEY", KEY_HEX)
+        .env("TRACKD_AUTH__OPEN", "true")
+        .env("TRACKD_LOG__LEVEL", "info")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -153,33 +192,46 @@ impl TrackdProcess {
         let log2 = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("listening on http://") {
-                    // Text or JSON log line: the address ends at a quote or a space.
-                    let rest = &line[i + "listening on http://".len()..];
-                    let addr = rest.split(['"', ' ']).next().unwrap_or("").to_owned();
-                    let _ = addr_tx.send(addr);
+                for (which, prefix) in [(0, "listening on http://"), (1, "operations on http://")] {
+                    if let Some(i) = line.find(prefix) {
+                        // Text or JSON log line: the address ends at a quote or a space.
+                        let rest = &line[i + prefix.len()..];
+                        let addr = rest.split(['"', ' ']).next().unwrap_or("").to_owned();
+                        let _ = addr_tx.send((which, addr));
+                    }
                 }
                 log2.lock().unwrap().push(line);
             }
         });
-        let addr = match addr_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => match a.parse() {
-                Ok(addr) => addr,
-                Err(e) => {
+        let mut addrs: [Option<SocketAddr>; 2] = [None, None];
+        while addrs.iter().any(Option::is_none) {
+            match addr_rx.recv_timeout(Duration::from_secs(20)) {
+                Ok((which, a)) => match a.parse() {
+                    Ok(addr) => addrs[which] = Some(addr),
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!("no address in the log line ({e}): {a}");
+                    }
+                },
+                Err(_) => {
                     let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("no address in the log line ({e}): {a}");
+                    panic!(
+                        "trackd did not start; log:\n{}",
+                        log.lock().unwrap().join("\n")
+                    );
                 }
-            },
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "trackd did not start; log:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
             }
+        }
+        let [Some(addr), Some(admin)] = addrs else {
+            unreachable!("both addresses were read")
         };
-        Self { child, addr, log }
+        Self {
+            child,
+            addr,
+            admin,
+            log,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

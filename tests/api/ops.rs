@@ -32,7 +32,7 @@ fn promtool() -> Option<&'static str> {
 }
 
 async fn scrape(app: &TestApp) -> String {
-    let r = app.get("/metrics").await;
+    let r = app.admin("/metrics").await;
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()["content-type"]
@@ -71,7 +71,7 @@ async fn metrics_are_well_formed_and_name_route_templates_only() {
     }
     assert_eq!(app.get(&format!("{PATH}?weight=0")).await.status(), 400);
     assert_eq!(app.get("/no/such/path/MYID123").await.status(), 404);
-    assert_eq!(app.get("/readyz").await.status(), 200);
+    assert_eq!(app.admin("/readyz").await.status(), 200);
     // Records (async by default) are written within the flush interval.
     let mut text = scrape(&app).await;
     for _ in 0..100 {
@@ -251,7 +251,7 @@ async fn readiness_fails_while_the_embedded_store_is_down_and_recovers() {
     while app.get(&format!("{PATH}?{ORDER_QUERY}")).await.status() == 201 {
         assert!(t0.elapsed() < Duration::from_secs(10));
     }
-    let r = app.get("/readyz").await;
+    let r = app.admin("/readyz").await;
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], "not ready");
@@ -272,7 +272,7 @@ async fn readiness_fails_while_the_embedded_store_is_down_and_recovers() {
 async fn wait_ready(app: &TestApp, limit: Duration) {
     let t0 = Instant::now();
     loop {
-        let r = app.get("/readyz").await;
+        let r = app.admin("/readyz").await;
         if r.status() == 200 {
             return;
         }
@@ -318,7 +318,7 @@ async fn a_killed_allocator_actor_is_restarted_and_one_that_keeps_dying_fails_he
         for _ in 0..25 {
             assert!(numbers.insert(app.issue().await), "a number issued twice");
         }
-        let r: Value = app.get("/readyz").await.json().await.unwrap();
+        let r: Value = app.admin("/readyz").await.json().await.unwrap();
         assert_eq!(r["checks"]["tracking"]["allocator_restarts"], round + 1);
         assert_eq!(app.get("/healthz").await.status(), 200);
     }
@@ -339,7 +339,7 @@ async fn a_killed_allocator_actor_is_restarted_and_one_that_keeps_dying_fails_he
         live["detail"].as_str().unwrap().contains("allocator actor"),
         "{live}"
     );
-    let ready = app.get("/readyz").await;
+    let ready = app.admin("/readyz").await;
     assert_eq!(ready.status(), 503);
     let ready: Value = ready.json().await.unwrap();
     assert!(
@@ -402,6 +402,7 @@ async fn readiness_follows_a_redis_outage() {
         &settings.tracking,
         &key,
         Default::default(),
+        Default::default(),
     )
     .init()
     .await
@@ -415,7 +416,7 @@ async fn readiness_follows_a_redis_outage() {
     while app.get(&format!("{PATH}?{ORDER_QUERY}")).await.status() == 201 {
         assert!(t0.elapsed() < Duration::from_secs(10));
     }
-    let r = app.get("/readyz").await;
+    let r = app.admin("/readyz").await;
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["checks"]["tracking"]["store"], "redis");
@@ -444,7 +445,7 @@ async fn readiness_follows_a_redis_outage() {
     while app.get(&format!("{PATH}?{ORDER_QUERY}")).await.status() == 201 {
         assert!(t0.elapsed() < Duration::from_secs(10));
     }
-    let r = app.get("/readyz").await;
+    let r = app.admin("/readyz").await;
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(

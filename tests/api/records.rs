@@ -683,7 +683,7 @@ async fn a_down_record_store_slows_issuance_to_503_and_loses_no_record() {
         "only {} numbers queued while the store was down",
         acknowledged.len() - before
     );
-    let ready = app.get("/readyz").await;
+    let ready = app.admin("/readyz").await;
     assert_eq!(ready.status(), 503);
     let text = ready.text().await.unwrap();
     assert!(
@@ -696,7 +696,7 @@ async fn a_down_record_store_slows_issuance_to_503_and_loses_no_record() {
     pg.start_again();
     wait_recorded(&url, &acknowledged, Duration::from_secs(20)).await;
     let start = Instant::now();
-    while app.get("/readyz").await.status() != 200 {
+    while app.admin("/readyz").await.status() != 200 {
         assert!(start.elapsed() < Duration::from_secs(10), "not ready again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -910,6 +910,7 @@ async fn idempotency_keys_in_redis_are_settled_only_under_their_claim() {
         false,
         "t",
         Duration::from_secs(1),
+        Default::default(),
     )));
     let first = claims_settle_their_key_only_while_it_is_pending_under_them(&store).await;
     // A stale pending claim of an instance that died: taken over, and released by its new
@@ -937,6 +938,7 @@ async fn idempotency_keys_in_postgres_are_settled_only_under_their_claim() {
     let store = std::sync::Arc::new(Idempotency::new(PostgresKeys::new(
         &db.url(),
         Duration::from_secs(1),
+        Default::default(),
     )));
     let first = claims_settle_their_key_only_while_it_is_pending_under_them(&store).await;
     // A stale pending claim of an instance that died: taken over, released by its new claim.
@@ -973,7 +975,7 @@ async fn idempotency_keys_in_postgres_are_settled_only_under_their_claim() {
         Begin::Fresh(_)
     ));
     use trackd::idempotency::Backend;
-    let purged = PostgresKeys::new(&db.url(), Duration::from_secs(1))
+    let purged = PostgresKeys::new(&db.url(), Duration::from_secs(1), Default::default())
         .purge_expired()
         .await
         .unwrap();

@@ -356,6 +356,7 @@ impl Drop for PgDatabase {
 
 /// Runs `trackd seq ...` with the given environment; returns (success, output).
 pub fn run_seq(args: &[&str], env: &[(String, String)], data_dir: &Path) -> (bool, String) {
+    super::helpers::make_private(data_dir);
     let out = Command::new(env!("CARGO_BIN_EXE_trackd"))
         .arg("seq")
         .args(args)
@@ -380,6 +381,8 @@ pub struct PrivatePostgres {
     dir: tempfile::TempDir,
     port: u16,
     as_postgres: bool,
+    /// More `-c name=value` options of the server.
+    extra: String,
 }
 
 impl PrivatePostgres {
@@ -455,6 +458,7 @@ impl PrivatePostgres {
             dir,
             port,
             as_postgres,
+            extra: String::new(),
         };
         let out = pg
             .cmd("initdb")
@@ -474,8 +478,9 @@ impl PrivatePostgres {
     pub fn start_again(&self) {
         let (pg, port) = (self, self.port);
         let opts = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
-            pg.dir.path().display()
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off {}",
+            pg.dir.path().display(),
+            pg.extra
         );
         let out = pg
             .cmd("pg_ctl")
@@ -496,6 +501,36 @@ impl PrivatePostgres {
 
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A private server that accepts TLS with this certificate and key (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        let bin = Self::bin_dir().expect("PostgreSQL server binaries (.ci/run installs them)");
+        let mut pg = Self::init(bin);
+        let (cert, key) = (
+            pg.dir.path().join("server.crt"),
+            pg.dir.path().join("server.key"),
+        );
+        std::fs::write(&cert, cert_pem).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if pg.as_postgres {
+            for f in [&cert, &key] {
+                let _ = Command::new("chown").arg("postgres").arg(f).status();
+            }
+        }
+        pg.extra = format!(
+            "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert.display(),
+            key.display()
+        );
+        pg.start_again();
+        pg
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn stop(&self) {

@@ -267,7 +267,7 @@ async fn redis_restarted_empty_gives_503_never_a_reused_number_and_repair_recove
     let app = spawn_app_with(redis_settings(redis.url())).await;
     let r = get_issue(&app.client, app.addr).await;
     assert_eq!(r.status(), 503);
-    let (status, body) = readyz(&app.client, app.addr).await;
+    let (status, body) = readyz(&app.client, app.admin_addr).await;
     assert_eq!(status, 503);
     assert!(body.to_string().contains("seq init"), "{body}");
 
@@ -285,7 +285,7 @@ async fn redis_restarted_empty_gives_503_never_a_reused_number_and_repair_recove
     let r = issue_until_refused(&app.client, app.addr, &mut seen, 100).await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
-    let (status, body) = readyz(&app.client, app.addr).await;
+    let (status, body) = readyz(&app.client, app.admin_addr).await;
     assert_eq!(status, 503, "{body}");
     let detail = &body["checks"]["tracking"]["store_detail"];
     // Either the deployment record or the counters are found missing, depending on whether
@@ -308,7 +308,7 @@ async fn redis_restarted_empty_gives_503_never_a_reused_number_and_repair_recove
         let s = seq_of(&app.issue().await);
         assert!(s > floor && seen.insert(s));
     }
-    assert_eq!(readyz(&app.client, app.addr).await.0, 200);
+    assert_eq!(readyz(&app.client, app.admin_addr).await.0, 200);
     app.stop().await;
 }
 
@@ -332,7 +332,7 @@ async fn a_counter_that_went_backwards_is_taken_out_of_service() {
     redis.cmd(&["SET", "t3:seq:{0}", "1"]);
     let r = issue_until_refused(&app.client, app.addr, &mut seen, 100).await;
     assert_eq!(r.status(), 503);
-    let (status, body) = readyz(&app.client, app.addr).await;
+    let (status, body) = readyz(&app.client, app.admin_addr).await;
     assert_eq!(status, 503);
     assert!(body.to_string().contains("TRACKD_BACKWARDS"), "{body}");
     let floor = body["checks"]["tracking"]["store_detail"]["reserved_below"]
@@ -384,7 +384,7 @@ async fn redis_stopped_under_load_gives_503_then_201_within_a_second_of_its_retu
     redis.kill();
     let down = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(readyz(&app.client, app.addr).await.0, 503);
+    assert_eq!(readyz(&app.client, app.admin_addr).await.0, 503);
     redis.restart(); // returns once Redis answers PING
     let back = Instant::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -392,7 +392,7 @@ async fn redis_stopped_under_load_gives_503_then_201_within_a_second_of_its_retu
     for w in workers {
         w.await.unwrap();
     }
-    assert_eq!(readyz(&app.client, app.addr).await.0, 200);
+    assert_eq!(readyz(&app.client, app.admin_addr).await.0, 200);
 
     let log = std::mem::take(&mut *log.lock().unwrap());
     let refused = log

@@ -220,7 +220,7 @@ async fn store_outage_gives_503_with_retry_after_then_recovers() {
     let mut issued = HashSet::from([seq_of(&app.issue().await)]);
     // Wait until the standby block is reserved too: 19 numbers in hand.
     let t0 = Instant::now();
-    while app.get("/readyz").await.json::<Value>().await.unwrap()["checks"]["tracking"]["buffered_numbers"]
+    while app.admin("/readyz").await.json::<Value>().await.unwrap()["checks"]["tracking"]["buffered_numbers"]
         != 19
     {
         assert!(
@@ -252,7 +252,7 @@ async fn store_outage_gives_503_with_retry_after_then_recovers() {
         started.elapsed() < Duration::from_secs(3),
         "answered within the wait timeout, no hang"
     );
-    assert_eq!(app.get("/readyz").await.status(), 503);
+    assert_eq!(app.admin("/readyz").await.status(), 503);
     // Bring it back: served again without a restart, and nothing reused.
     std::fs::rename(&moved, &dir).unwrap();
     let t0 = Instant::now();
@@ -278,7 +278,7 @@ async fn store_outage_gives_503_with_retry_after_then_recovers() {
         "sequence {} reused after the outage",
         seq_of(&n)
     );
-    assert_eq!(app.get("/readyz").await.status(), 200);
+    assert_eq!(app.admin("/readyz").await.status(), 200);
     app.stop().await;
 }
 

@@ -158,7 +158,7 @@ async fn a_redis_that_can_lose_reservations_is_refused_unless_opted_in() {
         let app = spawn_app_with(configure(Durability::Check)).await;
         let r = app.get(&format!("{PATH}?{ORDER_QUERY}")).await;
         assert_eq!(r.status(), 503, "{name}");
-        let (status, body) = readyz(&app.client, app.addr).await;
+        let (status, body) = readyz(&app.client, app.admin_addr).await;
         assert_eq!(status, 503, "{name}");
         let reason = body["detail"].as_str().unwrap().to_owned();
         let setting = if name == "volatile" {
@@ -186,7 +186,7 @@ async fn a_redis_that_can_lose_reservations_is_refused_unless_opted_in() {
             app.get(&format!("{PATH}?{ORDER_QUERY}")).await.status(),
             201
         );
-        let (_, body) = readyz(&app.client, app.addr).await;
+        let (_, body) = readyz(&app.client, app.admin_addr).await;
         let relies = body["checks"]["tracking"]["store_detail"]["durability"].to_string();
         assert!(relies.contains("unsafe-may-reissue"), "{body}");
         app.stop().await;
@@ -208,7 +208,7 @@ async fn a_redis_that_can_lose_reservations_is_refused_unless_opted_in() {
         app.get(&format!("{PATH}?{ORDER_QUERY}")).await.status(),
         201
     );
-    let (_, body) = readyz(&app.client, app.addr).await;
+    let (_, body) = readyz(&app.client, app.admin_addr).await;
     let relies = body["checks"]["tracking"]["store_detail"]["durability"].to_string();
     assert!(relies.contains("appendfsync always (checked)"), "{body}");
     app.stop().await;
@@ -295,7 +295,7 @@ async fn failover(min_replicas: u32) -> (Arc<Tally>, usize, bool) {
     }
     let client = reqwest::Client::new();
     let mut backwards = false;
-    for addr in [a.addr, c.addr] {
+    for addr in [a.admin, c.admin] {
         let (_, body) = readyz(&client, addr).await;
         let out = &body["checks"]["tracking"]["store_detail"]["out_of_service"];
         backwards |= out.to_string().contains("TRACKD_BACKWARDS");
@@ -375,7 +375,7 @@ async fn an_instance_restarted_after_its_redis_went_backwards_refuses_that_shard
             "the other shards serve"
         );
     }
-    let (_, body) = readyz(&client, a.addr).await;
+    let (_, body) = readyz(&client, a.admin).await;
     let out = &body["checks"]["tracking"]["store_detail"]["out_of_service"];
     assert_eq!(out[0]["shard"], 2, "{body}");
     assert!(out.to_string().contains("TRACKD_BACKWARDS"), "{body}");
@@ -460,7 +460,7 @@ async fn a_postgres_session_without_durable_commits_is_refused_unless_opted_in()
         })
         .await;
         let status = app.get(&format!("{PATH}?{ORDER_QUERY}")).await.status();
-        let (_, body) = readyz(&app.client, app.addr).await;
+        let (_, body) = readyz(&app.client, app.admin_addr).await;
         if durability == Durability::Check {
             assert_eq!(status, 503);
             let reason = body["detail"].as_str().unwrap_or_default();

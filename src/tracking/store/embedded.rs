@@ -2,6 +2,7 @@
 //! (written, fsync'd and atomically renamed) before any number below it is handed out.
 
 use super::{Block, ReserveFuture, SequenceStore, StoreError};
+use crate::support::private;
 use crate::tracking::number::CODE_SPACE;
 use crate::tracking::permute::PermutationKey;
 use std::fs::{self, File, OpenOptions};
@@ -36,6 +37,9 @@ pub enum OpenError {
     Locked(PathBuf),
     #[error("{path} is not a valid trackd sequence file: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// The directory is open to others (or cannot be made private).
+    #[error("{0}")]
+    NotPrivate(String),
 }
 
 fn io_err(dir: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
@@ -48,8 +52,8 @@ fn io_err(dir: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
 impl EmbeddedStore {
     /// Opens (creating if needed) the data directory and takes its lock.
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let lock = OpenOptions::new()
+        private::dir(dir).map_err(OpenError::NotPrivate)?;
+        let lock = private::options()
             .create(true)
             .truncate(false)
             .write(true)
@@ -113,7 +117,11 @@ fn read_high_water(dir: &Path) -> Result<u64, OpenError> {
 fn write_high_water(dir: &Path, value: u64) -> io::Result<()> {
     let tmp = dir.join(format!("{SEQUENCE_FILE}.tmp"));
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = private::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         write!(f, "{HEADER}\nnext={value}\n")?;
         f.sync_all()?;
     }
@@ -172,7 +180,7 @@ pub fn load_or_create_key_with(
     dir: &Path,
     configured: Option<PermutationKey>,
 ) -> Result<PermutationKey, OpenError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    private::dir(dir).map_err(OpenError::NotPrivate)?;
     let path = dir.join(KEY_FILE);
     match fs::read_to_string(&path) {
         Ok(text) => PermutationKey::from_hex(&text).ok_or_else(|| OpenError::Corrupt {

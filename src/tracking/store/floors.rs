@@ -12,6 +12,7 @@
 use super::StoreError;
 use crate::support::lazy::Lazy;
 use crate::support::pg;
+use crate::support::tls::Tls;
 use siphasher::sip::SipHasher24;
 use std::fs::{self, File};
 use std::hash::Hasher;
@@ -45,7 +46,7 @@ impl LocalFloors {
     /// The floors of `deployment` (store, key prefix, key fingerprint) with `counters`
     /// counters, as this instance left them (all 0 the first time).
     pub fn open(data_dir: &Path, deployment: &str, counters: usize) -> Result<Self, StoreError> {
-        fs::create_dir_all(data_dir).map_err(|e| unavailable(data_dir, e))?;
+        crate::support::private::dir(data_dir).map_err(StoreError::Corrupt)?;
         let path = data_dir.join(format!("floors-{}", deployment_hash(deployment)));
         let mut values = vec![0; counters];
         match fs::read_to_string(&path) {
@@ -119,7 +120,11 @@ impl LocalFloors {
 fn write_durably(path: &Path, text: &str) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = crate::support::private::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
     }
@@ -147,6 +152,7 @@ pub struct DeploymentFloors {
 struct DeploymentInner {
     url: String,
     timeout: Duration,
+    tls: Tls,
     deployment: String,
     client: Lazy<Client>,
 }
@@ -156,11 +162,12 @@ fn pg_unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl DeploymentFloors {
-    pub fn new(url: &str, timeout: Duration, deployment: &str) -> Self {
+    pub fn new(url: &str, timeout: Duration, deployment: &str, tls: Tls) -> Self {
         Self {
             inner: Arc::new(DeploymentInner {
                 url: url.to_owned(),
                 timeout,
+                tls,
                 deployment: deployment.to_owned(),
                 client: Lazy::new(),
             }),
@@ -168,9 +175,14 @@ impl DeploymentFloors {
     }
 
     async fn connect(&self) -> Result<Client, StoreError> {
-        let client = pg::connect(&self.inner.url, self.inner.timeout, "deployment floors")
-            .await
-            .map_err(pg_unavailable)?;
+        let client = pg::connect(
+            &self.inner.url,
+            self.inner.timeout,
+            "deployment floors",
+            &self.inner.tls,
+        )
+        .await
+        .map_err(pg_unavailable)?;
         pg::ensure_schema(&client, SCHEMA)
             .await
             .map_err(|e| pg_unavailable(pg::message(&e)))?;

@@ -9,6 +9,7 @@ use super::{Block, Floors, ReserveFuture, SequenceStore, StoreError};
 use crate::config::{Durability, TrackingSettings};
 use crate::support::lazy::Lazy;
 use crate::support::pg;
+use crate::support::tls::Tls;
 use crate::tracking::number::CODE_SPACE;
 use crate::tracking::permute::PermutationKey;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +37,7 @@ pub struct PostgresStore {
     floors: Floors,
     /// What the last connection's check relied on, or why it refused.
     status: Mutex<Result<String, String>>,
+    tls: Tls,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -44,7 +46,12 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 impl PostgresStore {
     /// The store of the configuration's `tracking` section, with its floors.
-    pub fn from_settings(t: &TrackingSettings, key: &PermutationKey, floors: Floors) -> Self {
+    pub fn from_settings(
+        t: &TrackingSettings,
+        key: &PermutationKey,
+        floors: Floors,
+        tls: Tls,
+    ) -> Self {
         let seen = floors.local.as_ref().map_or(0, |f| f.get(0));
         Self {
             url: t.postgres_url.expose().to_owned(),
@@ -56,6 +63,7 @@ impl PostgresStore {
             seen: AtomicU64::new(seen),
             floors,
             status: Mutex::new(Err("not connected yet".into())),
+            tls,
         }
     }
 
@@ -65,7 +73,7 @@ impl PostgresStore {
     }
 
     async fn connect(&self) -> Result<Client, StoreError> {
-        pg::connect(&self.url, self.timeout, "sequence store")
+        pg::connect(&self.url, self.timeout, "sequence store", &self.tls)
             .await
             .map_err(unavailable)
     }

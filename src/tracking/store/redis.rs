@@ -18,6 +18,7 @@ use super::{Block, Floors, ReserveFuture, SequenceStore, StoreError};
 use crate::config::{Durability, TrackingSettings, redact_url};
 use crate::support::lazy::{Connection, Lazy};
 use crate::support::redis::{Conn, breaks_connection, connect};
+use crate::support::tls::Tls;
 use crate::tracking::number::CODE_SPACE;
 use crate::tracking::permute::PermutationKey;
 use redis::Script;
@@ -63,6 +64,7 @@ pub struct RedisConfig {
     /// Identifies the permutation key (not the key itself) so that instances configured with
     /// different keys cannot share the counters.
     pub key_fingerprint: String,
+    pub tls: Tls,
 }
 
 impl RedisConfig {
@@ -122,12 +124,17 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 impl RedisStore {
     /// The store of the configuration's `tracking` section, with its floors.
-    pub fn from_settings(t: &TrackingSettings, key: &PermutationKey, floors: Floors) -> Self {
-        Self::new(Self::config(t, key), floors)
+    pub fn from_settings(
+        t: &TrackingSettings,
+        key: &PermutationKey,
+        floors: Floors,
+        tls: Tls,
+    ) -> Self {
+        Self::new(Self::config(t, key, tls), floors)
     }
 
     /// The store's settings from the configuration's `tracking` section.
-    pub fn config(t: &TrackingSettings, key: &PermutationKey) -> RedisConfig {
+    pub fn config(t: &TrackingSettings, key: &PermutationKey, tls: Tls) -> RedisConfig {
         RedisConfig {
             urls: t.redis_urls(),
             cluster: t.redis_cluster,
@@ -137,6 +144,7 @@ impl RedisStore {
             durability: t.redis_durability,
             min_replicas: t.redis_min_replicas,
             key_fingerprint: key.fingerprint(),
+            tls,
         }
     }
 
@@ -170,9 +178,14 @@ impl RedisStore {
     }
 
     async fn connect(&self) -> Result<Conn, StoreError> {
-        connect(&self.cfg.urls, self.cfg.cluster, self.cfg.timeout)
-            .await
-            .map_err(unavailable)
+        connect(
+            &self.cfg.urls,
+            self.cfg.cluster,
+            self.cfg.timeout,
+            &self.cfg.tls,
+        )
+        .await
+        .map_err(unavailable)
     }
 
     /// A new session: connected, the deployment record checked, every node's durability
@@ -214,9 +227,14 @@ impl RedisStore {
         let mut identity = Vec::new();
         if self.cfg.cluster {
             for url in &self.cfg.urls {
-                let mut node = connect(std::slice::from_ref(url), false, self.cfg.timeout)
-                    .await
-                    .map_err(|e| format!("cannot reach cluster node {}: {e}", redact_url(url)))?;
+                let mut node = connect(
+                    std::slice::from_ref(url),
+                    false,
+                    self.cfg.timeout,
+                    &self.cfg.tls,
+                )
+                .await
+                .map_err(|e| format!("cannot reach cluster node {}: {e}", redact_url(url)))?;
                 let facts = self.facts(&mut node).await?;
                 identity.push((facts.run_id.clone(), facts.replid.clone()));
                 verdicts.push(decide_redis(
