@@ -360,19 +360,30 @@ async fn readiness_fails_while_draining() {
     trackd::telemetry::init(&settings.log);
     let app = Application::build(&settings).await.unwrap();
     let addr = app.local_addr();
+    let admin = app.admin_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
-    // One kept-alive connection, opened before shutdown begins.
+    // Kept-alive connections (public and operations), opened before shutdown begins.
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/readyz");
+    let admin_url = format!("http://{admin}/readyz");
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(client.get(&admin_url).send().await.unwrap().status(), 200);
     tx.send(()).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let r = client.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["connection"], "close");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"status": "not ready"}),
+        "no details in public"
+    );
+    let r = client.get(&admin_url).send().await.unwrap();
+    assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["draining"], true);
     assert!(v["detail"].as_str().unwrap().contains("draining"), "{v}");

@@ -242,7 +242,7 @@ mod tests {
     #[test]
     fn corrupt_file_refuses_to_open() {
         let dir = tmpdir("corrupt");
-        fs::create_dir_all(&dir).unwrap();
+        private::dir(&dir).unwrap();
         for (text, why) in [
             ("garbage".to_owned(), "header"),
             (format!("{HEADER}\nnext=-1\n"), "whole number"),
@@ -285,7 +285,7 @@ mod tests {
     #[tokio::test]
     async fn exhaustion_is_an_error_not_a_wrap() {
         let dir = tmpdir("exhaust");
-        fs::create_dir_all(&dir).unwrap();
+        private::dir(&dir).unwrap();
         write_high_water(&dir, CODE_SPACE - 3).unwrap();
         let s = EmbeddedStore::open(&dir).unwrap();
         let b = s.reserve(10).await.unwrap();

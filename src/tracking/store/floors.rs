@@ -248,36 +248,38 @@ mod tests {
 
     #[test]
     fn floors_survive_a_reopen_and_only_rise() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = LocalFloors::open(dir.path(), "redis:t:abc:4", 4).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let f = LocalFloors::open(&dir, "redis:t:abc:4", 4).unwrap();
         assert_eq!(f.all(), [0, 0, 0, 0]);
         f.raise(2, 100).unwrap();
         f.raise(2, 50).unwrap();
         f.raise(0, 7).unwrap();
         drop(f);
-        let f = LocalFloors::open(dir.path(), "redis:t:abc:4", 4).unwrap();
+        let f = LocalFloors::open(&dir, "redis:t:abc:4", 4).unwrap();
         assert_eq!(f.all(), [7, 0, 100, 0]);
         assert!(f.raise(9, 1).is_err());
         // Another deployment has a file of its own.
-        let other = LocalFloors::open(dir.path(), "redis:u:abc:4", 4).unwrap();
+        let other = LocalFloors::open(&dir, "redis:u:abc:4", 4).unwrap();
         assert_eq!(other.all(), [0, 0, 0, 0]);
     }
 
     #[test]
     fn an_unreadable_floors_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = LocalFloors::open(dir.path(), "d", 2).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let f = LocalFloors::open(&dir, "d", 2).unwrap();
         f.raise(1, 5).unwrap();
         let path = f.path.clone();
         drop(f);
         fs::write(&path, format!("{HEADER}\ndeployment=d\n1=five\n")).unwrap();
         assert!(matches!(
-            LocalFloors::open(dir.path(), "d", 2),
+            LocalFloors::open(&dir, "d", 2),
             Err(StoreError::Corrupt(_))
         ));
         fs::write(&path, format!("{HEADER}\ndeployment=e\n")).unwrap();
         assert!(matches!(
-            LocalFloors::open(dir.path(), "d", 2),
+            LocalFloors::open(&dir, "d", 2),
             Err(StoreError::Corrupt(_))
         ));
     }
