@@ -182,6 +182,8 @@ pub struct RecordsSettings {
     pub queue_capacity: usize,
     #[serde(rename = "wait_timeout_ms", deserialize_with = "millis")]
     pub wait_timeout: Duration,
+    /// Records older than this many days are removed; 0: kept forever.
+    pub retention_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -154,6 +154,7 @@ impl ReadinessCheck for RecordsReadiness {
                 "queued": r.stats().queued.load(Ordering::Relaxed),
                 "written": r.stats().written.load(Ordering::Relaxed),
                 "error": error,
+                "store_detail": r.sink_report(),
                 "idempotency_store": self.idempotency,
             }),
         }

@@ -36,6 +36,8 @@ pub const RECORD_BATCHES: &str = "trackd_records_batches_total";
 pub const RECORD_WRITE_FAILURES: &str = "trackd_records_write_failures_total";
 pub const RECORDS_QUEUED: &str = "trackd_records_queued";
 pub const RECORD_BATCH_WRITE: &str = "trackd_records_batch_write_seconds";
+pub const RECORDS_QUARANTINED: &str = "trackd_records_quarantined_groups";
+pub const RECORDS_EXPIRED: &str = "trackd_records_expired_total";
 // Process
 pub const BUILD_INFO: &str = "trackd_build_info";
 pub const READY: &str = "trackd_ready";
@@ -185,6 +187,16 @@ fn describe() {
         RECORD_BATCH_WRITE,
         Unit::Seconds,
         "Duration of each record batch write (one COPY, or one journal append and its sync), failures included: in durable mode, the commit every waiting request shares."
+    );
+    describe_counter!(
+        RECORDS_EXPIRED,
+        Unit::Count,
+        "Records removed because they are older than records.retention_days."
+    );
+    describe_gauge!(
+        RECORDS_QUARANTINED,
+        Unit::Count,
+        "Stored record groups of the embedded store that did not decode, set aside (quarantined_groups in trackd.redb) so that indexing goes on."
     );
     describe_gauge!(
         READY,
@@ -432,6 +444,16 @@ pub fn record_batch_write(store: &'static str, elapsed: Duration) {
     histogram!(RECORD_BATCH_WRITE, "store" => store).record(elapsed.as_secs_f64());
 }
 
+/// `n` records past their retention were removed.
+pub fn records_expired(n: u64) {
+    counter!(RECORDS_EXPIRED).increment(n);
+}
+
+/// `groups` stored record groups are set aside as unreadable.
+pub fn records_quarantined(groups: usize) {
+    gauge!(RECORDS_QUARANTINED).set(groups as f64);
+}
+
 /// The record writer's counters, read at scrape time.
 pub struct RecordsSnapshot {
     pub store: &'static str,
@@ -499,6 +521,8 @@ mod tests {
             RECORD_WRITE_FAILURES,
             RECORDS_QUEUED,
             RECORD_BATCH_WRITE,
+            RECORDS_QUARANTINED,
+            RECORDS_EXPIRED,
         ] {
             assert!(name.starts_with("trackd_"), "{name}");
             assert!(
@@ -518,6 +542,7 @@ mod tests {
             RECORDS_WRITTEN,
             RECORD_BATCHES,
             RECORD_WRITE_FAILURES,
+            RECORDS_EXPIRED,
         ] {
             assert!(counter.ends_with("_total"), "{counter}");
         }

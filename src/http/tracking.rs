@@ -8,7 +8,8 @@ use super::response;
 use super::state::AppState;
 use crate::idempotency::Key;
 use crate::issue::{Count, MAX_COUNT, Outcome, Request};
-use crate::support::form;
+use crate::records::Lookup;
+use crate::support::{form, rfc3339};
 use crate::tracking::number::TrackingNumber;
 use crate::tracking::order::{FieldErrors, Order, OrderFields, Raw};
 use bytes::Bytes;
@@ -92,10 +93,19 @@ pub async fn lookup(raw: &str, state: &AppState) -> Handled {
         ));
     };
     match records.lookup(&number).await {
-        Ok(Some(record)) => Ok(response::json(StatusCode::OK, &record)),
-        Ok(None) => Err(ApiError::not_found(
+        Ok(Lookup::Found(record)) => Ok(response::json(StatusCode::OK, &record)),
+        Ok(Lookup::Missing {
+            expired_before: None,
+        }) => Err(ApiError::not_found(
             "No tracking number like this was issued (or its record is not written yet).",
         )),
+        Ok(Lookup::Missing {
+            expired_before: Some(t),
+        }) => Err(ApiError::not_found(format!(
+            "No record of this number: it was never issued, or it was issued before {} and its \
+             record has expired (records.retention_days).",
+            rfc3339::format_micros(t)
+        ))),
         Err(e) => {
             tracing::warn!(error = %e, "record lookup failed");
             Err(ApiError::Unavailable(

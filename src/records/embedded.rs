@@ -5,7 +5,7 @@
 //! the indexer thread, off the writer's path.
 
 use super::journal::{self, Journal};
-use super::{Batch, Entry, Fields, Record, RecordSink, SinkError, SinkFuture};
+use super::{Batch, Entry, Fields, Lookup, Record, RecordSink, SinkError, SinkFuture};
 use crate::tracking::number::TrackingNumber;
 use crate::tracking::permute::Permutation;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+use time::OffsetDateTime;
 
 /// `seq >> GROUP_BITS` → the records of those sequence numbers, as [`Batch`] entries in
 /// sequence order. Keyed by sequence, not by the (pseudo-random) tracking number, so writes
@@ -81,6 +82,12 @@ pub fn highest_seq(data_dir: &Path) -> Result<Option<u64>, String> {
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Every journal segment below this number is applied to the records table durably.
 const CHECKPOINT: &str = "journal_checkpoint";
+/// Records of sequences below this were removed by the retention.
+const EXPIRED_BELOW: &str = "expired_below_seq";
+/// The latest retention cutoff, in Unix microseconds.
+const EXPIRED_BEFORE: &str = "expired_before_micros";
+/// Groups removed per transaction by the retention.
+const EXPIRE_CHUNK: usize = 512;
 
 /// The journal segment from which frames still need replaying (0: none checkpointed yet).
 fn stored_checkpoint(
@@ -116,6 +123,12 @@ struct Index {
     applying: Mutex<()>,
     /// Tells the indexer thread to finish.
     stop: AtomicBool,
+    /// Groups set aside because they did not decode ([`QUARANTINE`]).
+    quarantined: Mutex<std::collections::BTreeSet<u64>>,
+    /// Sequences below this had their records removed by the retention, the latest cutoff
+    /// being `expired_before` (Unix microseconds).
+    expired_below: AtomicU64,
+    expired_before: AtomicU64,
     /// A checkpoint the indexer owes: every journal segment below this number (0: none).
     checkpoint_due: AtomicU64,
     /// The journal wants a spare file for its next segment.
@@ -132,7 +145,32 @@ fn unavailable(e: impl std::fmt::Display) -> SinkError {
 
 /// Applies batches to the records table: their entries are merged into the groups they
 /// belong to (applying an entry twice is harmless: same sequence, same record).
-fn apply(tx: &redb::WriteTransaction, batches: &[Arc<Batch>]) -> Result<(), redb::Error> {
+/// (record group, Unix microseconds when it was set aside) → the bytes of a stored group that
+/// did not decode. They are kept (an operator may recover records from them), out of the way:
+/// the group is written anew with the records that arrive for it.
+pub const QUARANTINE: TableDefinition<(u64, u64), &[u8]> =
+    TableDefinition::new("quarantined_groups");
+
+/// The groups set aside so far (their numbers).
+fn quarantined_groups(tx: &redb::ReadTransaction) -> Result<Vec<u64>, redb::Error> {
+    let t = match tx.open_table(QUARANTINE) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut groups = Vec::new();
+    for row in t.iter()? {
+        groups.push(row?.0.value().0);
+    }
+    groups.dedup();
+    Ok(groups)
+}
+
+/// Applies batches to the records table: their entries are merged into the groups they
+/// belong to (applying an entry twice is harmless: same sequence, same record). A stored group
+/// that does not decode is set aside in [`QUARANTINE`] (returned, to be logged and counted)
+/// and written anew, so that one bad group never stops the indexing of the rest.
+fn apply(tx: &redb::WriteTransaction, batches: &[Arc<Batch>]) -> Result<Vec<u64>, redb::Error> {
     let mut groups: BTreeMap<u64, BTreeMap<u64, Entry<'_>>> = BTreeMap::new();
     for b in batches {
         for e in b.entries() {
@@ -144,12 +182,24 @@ fn apply(tx: &redb::WriteTransaction, batches: &[Arc<Batch>]) -> Result<(), redb
     }
     let mut t = tx.open_table(RECORD_GROUPS)?;
     let mut merged = Batch::default();
+    let mut set_aside = Vec::new();
     for (group, entries) in groups {
         let stored = match t.get(group)? {
-            Some(v) => Some(Batch::from_bytes(v.value().to_vec()).ok_or_else(|| {
-                // Never overwrite what cannot be read: its other records would be lost.
-                redb::Error::Corrupted(format!("record group {group} does not decode"))
-            })?),
+            Some(v) => {
+                let bytes = v.value().to_vec();
+                drop(v);
+                match Batch::from_bytes(bytes.clone()) {
+                    Some(b) => Some(b),
+                    None => {
+                        // Never overwrite what cannot be read: keep it aside.
+                        let at = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+                        tx.open_table(QUARANTINE)?
+                            .insert((group, at as u64), bytes.as_slice())?;
+                        set_aside.push(group);
+                        None
+                    }
+                }
+            }
             None => None,
         };
         let mut entries = entries;
@@ -164,7 +214,7 @@ fn apply(tx: &redb::WriteTransaction, batches: &[Arc<Batch>]) -> Result<(), redb
         }
         t.insert(group, merged.as_bytes())?;
     }
-    Ok(())
+    Ok(set_aside)
 }
 
 impl Index {
@@ -181,7 +231,7 @@ impl Index {
             // Durable through the journal; the index is synced at the next checkpoint.
             tx.set_durability(Durability::None)?;
         }
-        apply(&tx, &batches)?;
+        let set_aside = apply(&tx, &batches)?;
         if let Some(segment) = checkpoint {
             let mut meta = tx.open_table(META)?;
             // Never backwards (a late background checkpoint after a writer's own).
@@ -191,6 +241,18 @@ impl Index {
         tx.commit()?;
         // Only now do lookups stop finding them in the list (others may have joined it).
         self.unapplied().drain(..batches.len());
+        if !set_aside.is_empty() {
+            let mut q = self.quarantined.lock().unwrap_or_else(|p| p.into_inner());
+            for g in set_aside {
+                tracing::error!(
+                    group = g,
+                    "a stored record group did not decode: set aside in quarantined_groups, \
+                     indexing goes on"
+                );
+                q.insert(g);
+            }
+            crate::metrics::records_quarantined(q.len());
+        }
         Ok(())
     }
 
@@ -203,17 +265,99 @@ impl Index {
         }
         let tx = self.db.begin_read()?;
         let group = tx.open_table(RECORD_GROUPS)?.get(seq >> GROUP_BITS)?;
-        if let Some(g) = group {
-            let grouped = Batch::from_bytes(g.value().to_vec()).ok_or_else(|| {
-                // A server-side fault (answered 5xx), not an unknown number.
-                redb::Error::Corrupted(format!(
-                    "record group {} does not decode",
-                    seq >> GROUP_BITS
-                ))
-            })?;
-            return Ok(grouped.find(seq).map(<[u8]>::to_vec));
+        let found = match group {
+            Some(g) => {
+                let grouped = Batch::from_bytes(g.value().to_vec()).ok_or_else(|| {
+                    // A server-side fault (answered 5xx), not an unknown number.
+                    redb::Error::Corrupted(format!(
+                        "record group {} does not decode",
+                        seq >> GROUP_BITS
+                    ))
+                })?;
+                grouped.find(seq).map(<[u8]>::to_vec)
+            }
+            None => None,
+        };
+        let quarantined = self
+            .quarantined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(seq >> GROUP_BITS));
+        if found.is_none() && quarantined {
+            // Not knowable: the record may be among the unreadable bytes set aside.
+            return Err(redb::Error::Corrupted(format!(
+                "the record of sequence {seq} may be in record group {}, set aside as unreadable",
+                seq >> GROUP_BITS
+            )));
         }
-        Ok(None)
+        Ok(found)
+    }
+
+    /// The latest retention cutoff, if `seq` is below what the retention removed.
+    fn expired_before(&self, seq: u64) -> Option<OffsetDateTime> {
+        (seq < self.expired_below.load(Ordering::Acquire))
+            .then(|| self.expired_before.load(Ordering::Acquire))
+            .and_then(|us| OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000).ok())
+    }
+
+    /// Removes the groups whose records were all issued before `before`, from the oldest on
+    /// (sequences grow with time), [`EXPIRE_CHUNK`] per transaction; stops at the first group
+    /// with a newer record.
+    fn expire(&self, before: OffsetDateTime) -> Result<u64, redb::Error> {
+        let cutoff = (before.unix_timestamp_nanos() / 1000) as i64;
+        let mut removed = 0;
+        loop {
+            let tx = self.db.begin_write()?;
+            let (chunk, records, done) = {
+                let t = tx.open_table(RECORD_GROUPS)?;
+                let mut chunk = Vec::new();
+                let mut records = 0;
+                let mut done = true;
+                for row in t.iter()? {
+                    let (g, v) = row?;
+                    let Some(batch) = Batch::from_bytes(v.value().to_vec()) else {
+                        // Unreadable: left to the quarantine, never removed unread.
+                        break;
+                    };
+                    let newest = batch
+                        .entries()
+                        .filter_map(|e| Fields::parse(e.value).map(|f| f.issued_micros))
+                        .max()
+                        .unwrap_or(i64::MAX);
+                    if newest >= cutoff {
+                        break;
+                    }
+                    chunk.push(g.value());
+                    records += batch.len() as u64;
+                    if chunk.len() == EXPIRE_CHUNK {
+                        done = false;
+                        break;
+                    }
+                }
+                (chunk, records, done)
+            };
+            let Some(&last) = chunk.last() else {
+                return Ok(removed);
+            };
+            {
+                let mut t = tx.open_table(RECORD_GROUPS)?;
+                for g in &chunk {
+                    t.remove(g)?;
+                }
+                let mut meta = tx.open_table(META)?;
+                let below = (last + 1) << GROUP_BITS;
+                let below = below.max(meta.get(EXPIRED_BELOW)?.map_or(0, |v| v.value()));
+                meta.insert(EXPIRED_BELOW, below)?;
+                meta.insert(EXPIRED_BEFORE, cutoff as u64)?;
+                self.expired_below.store(below, Ordering::Release);
+            }
+            tx.commit()?;
+            self.expired_before.store(cutoff as u64, Ordering::Release);
+            removed += records;
+            if done {
+                return Ok(removed);
+            }
+        }
     }
 
     fn unapplied(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Batch>>> {
@@ -328,7 +472,28 @@ impl EmbeddedRecords {
                 None => tracing::warn!("skipped a journal frame that is not a batch of records"),
             }
         }
+        let quarantined = {
+            let tx = db.begin_read().map_err(|e| e.to_string())?;
+            quarantined_groups(&tx).map_err(|e| e.to_string())?
+        };
+        if !quarantined.is_empty() {
+            crate::metrics::records_quarantined(quarantined.len());
+        }
+        let (expired_below, expired_before) = {
+            let tx = db.begin_read().map_err(|e| e.to_string())?;
+            let meta = tx.open_table(META).map_err(|e| e.to_string())?;
+            let get = |k: &str| -> Result<u64, String> {
+                Ok(meta
+                    .get(k)
+                    .map_err(|e| e.to_string())?
+                    .map_or(0, |v| v.value()))
+            };
+            (get(EXPIRED_BELOW)?, get(EXPIRED_BEFORE)?)
+        };
         let index = Arc::new(Index {
+            quarantined: Mutex::new(quarantined.into_iter().collect()),
+            expired_below: AtomicU64::new(expired_below),
+            expired_before: AtomicU64::new(expired_before),
             db,
             unapplied: Mutex::new(batches),
             wake: Condvar::new(),
@@ -443,31 +608,54 @@ impl RecordSink for EmbeddedRecords {
         })
     }
 
-    fn lookup<'a>(
-        &'a self,
-        number: &'a TrackingNumber,
-    ) -> SinkFuture<'a, Option<serde_json::Value>> {
+    fn lookup<'a>(&'a self, number: &'a TrackingNumber) -> SinkFuture<'a, Lookup> {
         let index = Arc::clone(&self.index);
         let number = *number;
         let seq = self.permutation.invert(number.code());
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                let Some(value) = index.find(seq).map_err(unavailable)? else {
-                    return Ok(None);
+                let record = match index.find(seq).map_err(unavailable)? {
+                    Some(value) => {
+                        let fields = Fields::parse(&value).ok_or_else(|| {
+                            unavailable(format!("the stored record of {number} does not decode"))
+                        })?;
+                        // Same sequence, other country codes: another number, never issued.
+                        Record::from_fields(seq, number, fields)
+                    }
+                    None => None,
                 };
-                let fields = Fields::parse(&value).ok_or_else(|| {
-                    unavailable(format!("the stored record of {number} does not decode"))
-                })?;
-                // Same sequence, other country codes: another number, never issued.
-                Ok(Record::from_fields(seq, number, fields).map(|r| r.to_json()))
+                Ok(match record {
+                    Some(r) => Lookup::Found(r.to_json()),
+                    None => Lookup::Missing {
+                        expired_before: index.expired_before(seq),
+                    },
+                })
             })
             .await
             .map_err(unavailable)?
         })
     }
 
+    fn expire(&self, before: OffsetDateTime) -> SinkFuture<'_, u64> {
+        let index = Arc::clone(&self.index);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || index.expire(before).map_err(unavailable))
+                .await
+                .map_err(unavailable)?
+        })
+    }
+
     fn kind(&self) -> &'static str {
         "embedded"
+    }
+
+    fn report(&self) -> serde_json::Value {
+        let q = self
+            .index
+            .quarantined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        serde_json::json!({ "quarantined_groups": q.len() })
     }
 }
 
@@ -483,13 +671,29 @@ mod tests {
         Permutation::new(&PermutationKey(*b"embedded-tests-0"))
     }
 
+    /// A lookup that found nothing, with no retention involved.
+    const NONE: Lookup = Lookup::Missing {
+        expired_before: None,
+    };
+
     /// Batches of records for sequences `from..from + n` in batches of `per`.
     fn batches(p: &Permutation, from: u64, n: u64, per: u64) -> Vec<(Arc<Batch>, Vec<Record>)> {
+        let t = OffsetDateTime::from_unix_timestamp(1_763_000_000).unwrap();
+        batches_at(p, from, n, per, t)
+    }
+
+    /// The same, issued at `t`.
+    fn batches_at(
+        p: &Permutation,
+        from: u64,
+        n: u64,
+        per: u64,
+        t: OffsetDateTime,
+    ) -> Vec<(Arc<Batch>, Vec<Record>)> {
         let (my, id) = (
             CountryCode::from_upper(*b"MY").unwrap(),
             CountryCode::from_upper(*b"ID").unwrap(),
         );
-        let t = OffsetDateTime::from_unix_timestamp(1_763_000_000).unwrap();
         (from..from + n)
             .collect::<Vec<_>>()
             .chunks(per as usize)
@@ -519,7 +723,12 @@ mod tests {
     async fn assert_found(store: &EmbeddedRecords, records: &[Record]) {
         for r in records {
             let found = store.lookup(&r.number).await.unwrap();
-            assert_eq!(found, Some(r.to_json()), "record of sequence {}", r.seq);
+            assert_eq!(
+                found,
+                Lookup::Found(r.to_json()),
+                "record of sequence {}",
+                r.seq
+            );
         }
     }
 
@@ -551,7 +760,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert_found(&store, &all).await;
         let unknown = TrackingNumber::new(all[0].number.origin(), all[0].number.destination(), 7);
-        assert_eq!(store.lookup(&unknown).await.unwrap(), None);
+        assert_eq!(store.lookup(&unknown).await.unwrap(), NONE);
         store.close().await.unwrap();
         drop(store);
         let store = open(dir.path(), "a", 2 * 4096);
@@ -628,7 +837,7 @@ mod tests {
         // The same sequence under other country codes is another number: unknown.
         let r = &records[0];
         let other = TrackingNumber::new(r.number.destination(), r.number.origin(), r.number.code());
-        assert_eq!(store.lookup(&other).await.unwrap(), None);
+        assert_eq!(store.lookup(&other).await.unwrap(), NONE);
         // A group that does not decode is a fault of the store (5xx), not a 404.
         {
             let tx = store.index.db.begin_write().unwrap();
@@ -640,5 +849,100 @@ mod tests {
         }
         let err = store.lookup(&r.number).await.unwrap_err();
         assert!(err.to_string().contains("does not decode"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn records_past_their_retention_are_removed_and_said_to_have_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = permutation();
+        let store = open(dir.path(), "a", 1 << 20);
+        let now = OffsetDateTime::now_utc();
+        let old = batches_at(&p, 0, 3_000, 100, now - time::Duration::days(40));
+        let new = batches_at(&p, 3_000, 500, 100, now - time::Duration::days(1));
+        for (b, _) in old.iter().chain(&new) {
+            store.write_blocking(b).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let cutoff = now - time::Duration::days(30);
+        let removed = store.expire(cutoff).await.unwrap();
+        // Whole groups of 32: the group holding both old and new records stays.
+        assert!((2_976..=3_000).contains(&removed), "{removed}");
+        let old: Vec<Record> = old.into_iter().flat_map(|(_, r)| r).collect();
+        let new: Vec<Record> = new.into_iter().flat_map(|(_, r)| r).collect();
+        assert_found(&store, &new).await;
+        match store.lookup(&old[0].number).await.unwrap() {
+            Lookup::Missing {
+                expired_before: Some(t),
+            } => assert_eq!(t.unix_timestamp(), cutoff.unix_timestamp()),
+            other => panic!("{other:?}"),
+        }
+        // A number beyond what was issued is not said to have expired.
+        let beyond = TrackingNumber::new(
+            old[0].number.origin(),
+            old[0].number.destination(),
+            p.permute(9_999),
+        );
+        assert_eq!(store.lookup(&beyond).await.unwrap(), NONE);
+        // Again: nothing more to remove; and the horizon survives a restart.
+        assert_eq!(store.expire(cutoff).await.unwrap(), 0);
+        store.close().await.unwrap();
+        drop(store);
+        let store = open(dir.path(), "a", 1 << 20);
+        assert!(matches!(
+            store.lookup(&old[10].number).await.unwrap(),
+            Lookup::Missing {
+                expired_before: Some(_)
+            }
+        ));
+        assert_found(&store, &new).await;
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_group_is_set_aside_and_indexing_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = permutation();
+        let store = open(dir.path(), "a", 1 << 20);
+        // Group 1 (sequences 32..64) holds bytes trackd cannot read.
+        {
+            let tx = store.index.db.begin_write().unwrap();
+            tx.open_table(RECORD_GROUPS)
+                .unwrap()
+                .insert(1u64, &b"\x01not a batch"[..])
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        // New records of that group and of others arrive.
+        let written = batches(&p, 40, 60, 10);
+        for (b, _) in &written {
+            store.write_blocking(b).unwrap();
+        }
+        let all: Vec<Record> = written.into_iter().flat_map(|(_, r)| r).collect();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(store.index.unapplied().is_empty(), "indexing went on");
+        assert_found(&store, &all).await;
+        assert_eq!(store.report()["quarantined_groups"], 1);
+        // The unreadable bytes are kept aside, not lost.
+        {
+            let tx = store.index.db.begin_read().unwrap();
+            let t = tx.open_table(QUARANTINE).unwrap();
+            let (k, v) = t.first().unwrap().unwrap();
+            assert_eq!(k.value().0, 1);
+            assert_eq!(v.value(), b"\x01not a batch");
+        }
+        // A sequence of that group with no new record may be among them: an error, not "never
+        // issued".
+        let r = &all[0];
+        let unknown = TrackingNumber::new(r.number.origin(), r.number.destination(), p.permute(33));
+        let err = store.lookup(&unknown).await.unwrap_err();
+        assert!(err.to_string().contains("set aside"), "{err}");
+        // Outside it: an unknown number is unknown.
+        let far = TrackingNumber::new(r.number.origin(), r.number.destination(), p.permute(5_000));
+        assert_eq!(store.lookup(&far).await.unwrap(), NONE);
+        // A restart still knows.
+        store.close().await.unwrap();
+        drop(store);
+        let store = open(dir.path(), "a", 1 << 20);
+        assert_eq!(store.report()["quarantined_groups"], 1);
+        assert_found(&store, &all).await;
     }
 }

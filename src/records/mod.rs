@@ -76,7 +76,38 @@ pub fn start(
         return Ok(None);
     };
     let recorder = Arc::new(Recorder::start(Arc::clone(&sink), cfg));
+    if r.retention_days > 0 {
+        spawn_retention(Arc::clone(&sink), r.retention_days);
+    }
     Ok(Some(Records { sink, recorder }))
+}
+
+/// How often the records past their retention are removed.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// Removes the records older than `days` a minute after start and then every hour, for the
+/// life of the runtime.
+fn spawn_retention(sink: Arc<dyn RecordSink>, days: u32) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(60),
+            RETENTION_EVERY,
+        );
+        loop {
+            tick.tick().await;
+            let before = OffsetDateTime::now_utc() - time::Duration::days(i64::from(days));
+            match sink.expire(before).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    crate::metrics::records_expired(n);
+                    tracing::info!(records = n, %before, "records past their retention removed");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "removing expired records failed; retried later")
+                }
+            }
+        }
+    });
 }
 
 /// One issued number and the order it was issued for.
@@ -382,6 +413,18 @@ impl Batch {
     }
 }
 
+/// What a lookup found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// The record, as the lookup's JSON body.
+    Found(serde_json::Value),
+    /// No record: the number was never issued — or, with `expired_before`, it may have been
+    /// issued before that instant and its record removed by the retention.
+    Missing {
+        expired_before: Option<OffsetDateTime>,
+    },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("record store unavailable: {0}")]
@@ -406,12 +449,18 @@ pub trait RecordSink: Send + Sync + 'static {
     }
 
     /// The record of a number, as the lookup's JSON body.
-    fn lookup<'a>(
-        &'a self,
-        number: &'a TrackingNumber,
-    ) -> SinkFuture<'a, Option<serde_json::Value>>;
+    fn lookup<'a>(&'a self, number: &'a TrackingNumber) -> SinkFuture<'a, Lookup>;
+
+    /// Removes the records issued before `before` (retention), a few thousand per
+    /// transaction so that writing goes on; returns how many.
+    fn expire(&self, before: OffsetDateTime) -> SinkFuture<'_, u64>;
 
     fn kind(&self) -> &'static str;
+
+    /// Store-specific details for `/readyz`.
+    fn report(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 #[cfg(test)]

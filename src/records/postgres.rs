@@ -5,7 +5,7 @@
 //! pages of the blocks being issued instead of random ones; a lookup inverts the permutation
 //! to find the key.
 
-use super::{Batch, Fields, Record, RecordSink, SinkError, SinkFuture};
+use super::{Batch, Fields, Lookup, Record, RecordSink, SinkError, SinkFuture};
 use crate::support::lazy::Lazy;
 use crate::support::pg;
 use crate::support::tls::Tls;
@@ -15,6 +15,7 @@ use bytes::{BufMut, BytesMut};
 use futures_util::SinkExt;
 use std::sync::Arc;
 use std::time::Duration;
+use time::OffsetDateTime;
 use tokio_postgres::Client;
 
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tracking_numbers (
@@ -29,7 +30,11 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tracking_numbers (
     order_created_at timestamptz,
     issued_at timestamptz NOT NULL
 );
-CREATE INDEX IF NOT EXISTS tracking_numbers_issued_at ON tracking_numbers USING brin (issued_at)";
+CREATE INDEX IF NOT EXISTS tracking_numbers_issued_at ON tracking_numbers USING brin (issued_at);
+CREATE TABLE IF NOT EXISTS trackd_records_meta (name text PRIMARY KEY, at timestamptz NOT NULL)";
+
+/// Rows removed per statement by the retention.
+const EXPIRE_CHUNK: i64 = 5_000;
 
 const COLUMNS: &str = "seq, tracking_number, customer_id, customer_name, customer_slug, \
     origin_country_id, destination_country_id, weight_grams, order_created_at, issued_at";
@@ -238,10 +243,7 @@ impl RecordSink for PostgresRecords {
         Box::pin(async move { self.write_batch(&batch, retry).await })
     }
 
-    fn lookup<'a>(
-        &'a self,
-        number: &'a TrackingNumber,
-    ) -> SinkFuture<'a, Option<serde_json::Value>> {
+    fn lookup<'a>(&'a self, number: &'a TrackingNumber) -> SinkFuture<'a, Lookup> {
         Box::pin(async move {
             // One reader connection: a lookup waits its turn, but not forever.
             let mut slot = tokio::time::timeout(self.timeout * 4, self.reader.lock())
@@ -271,9 +273,9 @@ impl RecordSink for PostgresRecords {
             };
             // The same sequence with other country codes is another number, never issued.
             let row = row.filter(|r| r.get::<_, &str>(1) == number.as_str());
-            Ok(row.map(|row| {
+            if let Some(row) = row {
                 let weight: i32 = row.get(7);
-                Record {
+                let record = Record {
                     seq,
                     number: *number,
                     customer_id: row.get(2),
@@ -282,9 +284,50 @@ impl RecordSink for PostgresRecords {
                     weight_grams: weight as u32,
                     order_created_at: row.get(8),
                     issued_at: row.get(9),
+                };
+                return Ok(Lookup::Found(record.to_json()));
+            }
+            let expired = client
+                .query_opt(
+                    "SELECT at FROM trackd_records_meta WHERE name = 'expired_before'",
+                    &[],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(Lookup::Missing {
+                expired_before: expired.map(|r| r.get(0)),
+            })
+        })
+    }
+
+    fn expire(&self, before: OffsetDateTime) -> SinkFuture<'_, u64> {
+        Box::pin(async move {
+            let client = self.connect().await?;
+            // Oldest first, in chunks: each statement is short, and inserts go on meanwhile.
+            let mut removed = 0;
+            loop {
+                let n = client
+                    .execute(
+                        "DELETE FROM tracking_numbers WHERE seq IN \
+                         (SELECT seq FROM tracking_numbers WHERE issued_at < $1 LIMIT $2)",
+                        &[&before, &EXPIRE_CHUNK],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                removed += n;
+                if n < EXPIRE_CHUNK as u64 {
+                    break;
                 }
-                .to_json()
-            }))
+            }
+            client
+                .execute(
+                    "INSERT INTO trackd_records_meta (name, at) VALUES ('expired_before', $1) \
+                     ON CONFLICT (name) DO UPDATE SET at = greatest(trackd_records_meta.at, $1)",
+                    &[&before],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(removed)
         })
     }
 

@@ -225,6 +225,10 @@ impl Recorder {
         self.sink.kind()
     }
 
+    pub fn sink_report(&self) -> serde_json::Value {
+        self.sink.report()
+    }
+
     pub fn stats(&self) -> &WriterStats {
         &self.shared.stats
     }
@@ -498,11 +502,12 @@ mod tests {
             Box::pin(async { Err(SinkError::Unavailable("down".into())) })
         }
 
-        fn lookup<'a>(
-            &'a self,
-            _: &'a TrackingNumber,
-        ) -> SinkFuture<'a, Option<serde_json::Value>> {
-            Box::pin(async { Ok(None) })
+        fn lookup<'a>(&'a self, _: &'a TrackingNumber) -> SinkFuture<'a, crate::records::Lookup> {
+            Box::pin(async { Err(SinkError::Unavailable("down".into())) })
+        }
+
+        fn expire(&self, _: time::OffsetDateTime) -> SinkFuture<'_, u64> {
+            Box::pin(async { Err(SinkError::Unavailable("down".into())) })
         }
 
         fn kind(&self) -> &'static str {

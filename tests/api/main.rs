@@ -8,6 +8,7 @@ mod helpers;
 mod ops;
 mod policy;
 mod records;
+mod robustness;
 mod security;
 mod server;
 mod servers;
