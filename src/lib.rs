@@ -16,6 +16,7 @@
 //! - [`auth`]: API keys and their scopes.
 //! - [`supervise`]: restarts of the long-lived actors.
 //! - [`config`], [`metrics`], [`telemetry`]: typed settings, every exported metric, logs.
+//! - [`fuzzing`]: the fuzzers' entry points, one per parser of untrusted bytes.
 //! - [`support`]: one of each shared helper (backoff, lazy connections, PostgreSQL and Redis
 //!   connections, RFC 3339, query strings, random ids).
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod idempotency;

@@ -36,7 +36,7 @@ fn ok(data: impl Serialize) -> Response<Body> {
 }
 
 /// A non-negative integer id (ASCII digits only, fits in 63 bits).
-fn parse_id(raw: &str) -> Option<i64> {
+pub fn parse_id(raw: &str) -> Option<i64> {
     if raw.is_empty() || raw.len() > 19 || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

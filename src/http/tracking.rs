@@ -179,7 +179,7 @@ async fn read_body(body: Incoming, limit: usize, within: Duration) -> Result<Byt
 
 /// The order's fields (strings; a JSON number is taken as written for `weight`) and `count`
 /// from the POST's JSON body.
-fn parse_run(bytes: &[u8]) -> Result<(Order, u64), ApiError> {
+pub fn parse_run(bytes: &[u8]) -> Result<(Order, u64), ApiError> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("Malformed JSON body: {e}.")))?;
     let serde_json::Value::Object(mut map) = value else {

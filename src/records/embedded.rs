@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 /// (one insert per record was most of the index's cost); a lookup inverts the permutation to
 /// find the key.
 pub const RECORD_GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("record_groups");
-const GROUP_BITS: u32 = 5;
+pub const GROUP_BITS: u32 = 5;
 
 /// Opens (or creates) the data directory's redb file, shared by records and idempotency keys.
 pub fn open(data_dir: &Path) -> Result<Arc<Database>, String> {

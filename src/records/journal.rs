@@ -78,7 +78,7 @@ fn crc(segment: u64, payload: &[u8]) -> u32 {
 }
 
 /// The whole, correct frames at the start of `bytes`, read as segment `segment`.
-fn frames(segment: u64, bytes: &[u8]) -> Vec<&[u8]> {
+pub fn frames(segment: u64, bytes: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut rest = bytes;
     while let Some((head, tail)) = rest.split_at_checked(HEAD) {

@@ -1,0 +1,613 @@
+//! How issuing and lookups cost as records accumulate: for the embedded store and PostgreSQL,
+//! loads records up to each point (1M, 10M, 100M by default) with a fast loader, then measures
+//! through the release `trackd` the issuing rate with records `async` (and how fast the writer
+//! drains what was issued) and the lookup latency p50/p99 of stored numbers picked at random.
+//! The `postgres-by-number` store keys the table by tracking number instead of by sequence,
+//! for comparison (issuing only: trackd looks records up by sequence).
+//!
+//! `cargo build --release && cargo run --release --example growth -- [--stores
+//! embedded,postgres,postgres-by-number] [--points 1000000,10000000,100000000] [--seconds 10]
+//! [--lookup-seconds 10] [--connections 32] [--dir DIR]`. Needs `wrk` and, for the PostgreSQL
+//! stores, a server on 127.0.0.1:5432 that lets `postgres` in without a password. Everything it
+//! creates (a directory under `--dir`, default the system's temporary one, and a database per
+//! store) is removed at the end.
+
+use redb::ReadableTable;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+use trackd::config::Settings;
+use trackd::records::{Batch, RecordRef};
+use trackd::support::tls::Tls;
+use trackd::tracking::country::CountryCode;
+use trackd::tracking::number::TrackingNumber;
+use trackd::tracking::permute::{Permutation, PermutationKey};
+use uuid::Uuid;
+
+const KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+const ISSUE_PATH: &str = "/api/next-tracking-number/?origin_country_id=MY&destination_country_id=ID\
+    &weight=1.234&created_at=2018-11-20T19:29:32%2B08:00\
+    &customer_id=de619854-b59b-425e-9db4-943979e1bd49&customer_name=RedBox%20Logistics\
+    &customer_slug=redbox-logistics";
+const COUNTRIES: [&str; 8] = ["MY", "ID", "SG", "TH", "VN", "PH", "DE", "US"];
+/// Records per loader transaction (embedded) or `COPY` statement (PostgreSQL).
+const LOAD_CHUNK: u64 = 200_000;
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const PG_COLUMNS: &str = "seq, tracking_number, customer_id, customer_name, customer_slug, \
+    origin_country_id, destination_country_id, weight_grams, order_created_at, issued_at";
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn arg_u64(name: &str, default: u64) -> u64 {
+    arg(name).map_or(default, |v| v.parse().expect("a number"))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Store {
+    Embedded,
+    Postgres,
+    PostgresByNumber,
+}
+
+impl Store {
+    fn parse(s: &str) -> Self {
+        match s {
+            "embedded" => Self::Embedded,
+            "postgres" => Self::Postgres,
+            "postgres-by-number" => Self::PostgresByNumber,
+            other => panic!("unknown store {other}"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Embedded => "embedded",
+            Self::Postgres => "postgres",
+            Self::PostgresByNumber => "postgres-by-number",
+        }
+    }
+}
+
+/// The loaded order of sequence `seq`: varied customers and countries, derived from `seq` so
+/// that a lookup can tell which number it is after.
+struct Synthetic {
+    permutation: Permutation,
+}
+
+impl Synthetic {
+    fn number(&self, seq: u64) -> TrackingNumber {
+        let o = COUNTRIES[(seq % 8) as usize];
+        let d = COUNTRIES[((seq / 8) % 8) as usize];
+        TrackingNumber::new(
+            CountryCode::parse(o).unwrap(),
+            CountryCode::parse(d).unwrap(),
+            self.permutation.permute(seq),
+        )
+    }
+
+    fn push(&self, batch: &mut Batch, seq: u64, issued_at: OffsetDateTime) {
+        let number = self.number(seq);
+        let customer = seq % 50_000;
+        let name = format!("Customer {customer} Logistics");
+        let slug = format!("customer-{customer}-logistics");
+        batch.push(&RecordRef {
+            seq,
+            number: &number,
+            customer_id: Uuid::from_u64_pair(0x5eed, customer),
+            customer_name: &name,
+            customer_slug: &slug,
+            weight_grams: 1 + (seq % 30_000) as u32,
+            order_created_at: Some(issued_at - time::Duration::hours(2)),
+            issued_at,
+        });
+    }
+}
+
+fn settings(dir: &Path) -> Settings {
+    let env = [(
+        "TRACKD_TRACKING__PERMUTATION_KEY".to_owned(),
+        KEY.to_owned(),
+    )];
+    let overrides = trackd::config::Overrides {
+        data_dir: Some(dir.to_owned()),
+        ..Default::default()
+    };
+    Settings::load_from(None, env, &overrides).expect("settings")
+}
+
+/// Reserves `n` sequence numbers from the data directory's embedded sequence store, as trackd
+/// would, so that trackd issues after them.
+fn reserve(dir: &Path, n: u64) -> (u64, Permutation) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = settings(dir);
+    let (store, key) =
+        trackd::tracking::open_store(&s.tracking, dir, None, &Tls::default()).expect("store");
+    let block = rt.block_on(store.reserve(n)).expect("reserve");
+    assert_eq!(block.count, n);
+    (block.first, Permutation::new(&key))
+}
+
+/// Loads `n` records straight into the redb file; the first sequence loaded.
+fn load_embedded(dir: &Path, n: u64) -> u64 {
+    let (first, permutation) = reserve(dir, n);
+    let synth = Synthetic { permutation };
+    let db = trackd::records::embedded::open(dir).expect("redb");
+    let now = OffsetDateTime::now_utc();
+    let mut seq = first;
+    let end = first + n;
+    while seq < end {
+        let chunk_end = (seq + LOAD_CHUNK).min(end);
+        let mut tx = db.begin_write().unwrap();
+        if chunk_end < end {
+            tx.set_durability(redb::Durability::None).unwrap();
+        }
+        {
+            let mut groups = tx
+                .open_table(trackd::records::embedded::RECORD_GROUPS)
+                .unwrap();
+            while seq < chunk_end {
+                let group = seq >> trackd::records::embedded::GROUP_BITS;
+                let mut batch = match groups.get(group).unwrap() {
+                    Some(v) => Batch::from_bytes(v.value().to_vec()).unwrap(),
+                    None => Batch::default(),
+                };
+                let group_end = ((group + 1) << trackd::records::embedded::GROUP_BITS).min(end);
+                while seq < group_end {
+                    synth.push(&mut batch, seq, now);
+                    seq += 1;
+                }
+                groups.insert(group, batch.as_bytes()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    first
+}
+
+async fn pg(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432");
+    tokio::spawn(conn);
+    client
+}
+
+/// Loads `n` records into the database's `tracking_numbers` by binary `COPY`; the first
+/// sequence loaded. The table keyed by number loses its key during the load and gets it back
+/// after (a bulk index build), as an operator loading it would.
+fn load_postgres(dir: &Path, url: &str, store: Store, n: u64) -> u64 {
+    let (first, permutation) = reserve(dir, n);
+    let synth = Synthetic { permutation };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use futures_util::SinkExt;
+        let client = pg(url).await;
+        if store == Store::PostgresByNumber {
+            client
+                .batch_execute("ALTER TABLE tracking_numbers DROP CONSTRAINT tracking_numbers_pkey")
+                .await
+                .unwrap();
+        }
+        let now = OffsetDateTime::now_utc();
+        let mut seq = first;
+        let end = first + n;
+        let mut batch = Batch::default();
+        while seq < end {
+            let chunk_end = (seq + LOAD_CHUNK).min(end);
+            batch.clear();
+            while seq < chunk_end {
+                synth.push(&mut batch, seq, now);
+                seq += 1;
+            }
+            let payload = trackd::records::postgres::copy_payload(&batch).unwrap();
+            let sink = client
+                .copy_in(&format!(
+                    "COPY tracking_numbers ({PG_COLUMNS}) FROM STDIN (FORMAT binary)"
+                ))
+                .await
+                .unwrap();
+            futures_util::pin_mut!(sink);
+            sink.send(payload).await.unwrap();
+            sink.finish().await.unwrap();
+        }
+        if store == Store::PostgresByNumber {
+            client
+                .batch_execute("ALTER TABLE tracking_numbers ADD PRIMARY KEY (tracking_number)")
+                .await
+                .unwrap();
+        }
+        client
+            .batch_execute("ANALYZE tracking_numbers")
+            .await
+            .unwrap();
+    });
+    first
+}
+
+struct Trackd {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Trackd {
+    fn start(dir: &Path, records_url: Option<&str>) -> Self {
+        let mut cmd = Command::new("target/release/trackd");
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("TRACKD_TRACKING__PERMUTATION_KEY", KEY)
+        .env("TRACKD_AUTH__OPEN", "true")
+        .env("TRACKD_RECORDS__MODE", "async")
+        .env("TRACKD_LOG__LEVEL", "warn,trackd=info")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        if let Some(url) = records_url {
+            cmd.env("TRACKD_RECORDS__POSTGRES_URL", url);
+        }
+        let mut child = cmd
+            .spawn()
+            .expect("target/release/trackd (cargo build --release)");
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                for (which, prefix) in [(0, "listening on http://"), (1, "operations on http://")] {
+                    if let Some(i) = line.find(prefix) {
+                        let rest = &line[i + prefix.len()..];
+                        let a = rest.split(['"', ' ']).next().unwrap_or("").to_owned();
+                        let _ = tx.send((which, a));
+                    }
+                }
+                if (line.contains("ERROR") || line.contains("WARN")) && !line.contains("auth.open")
+                {
+                    eprintln!("trackd: {line}");
+                }
+            }
+        });
+        let mut addrs: [Option<SocketAddr>; 2] = [None, None];
+        while addrs.iter().any(Option::is_none) {
+            let (which, a) = rx
+                .recv_timeout(Duration::from_secs(120))
+                .expect("trackd started");
+            addrs[which] = Some(a.parse().unwrap());
+        }
+        Self {
+            child,
+            addr: addrs[0].unwrap(),
+            admin: addrs[1].unwrap(),
+        }
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let (_, body) = get(&mut TcpStream::connect(self.admin).unwrap(), "/metrics");
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after.split(' ').collect();
+        let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+
+    fn stop(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 GET on a kept-alive connection: status and body.
+fn get(conn: &mut TcpStream, path: &str) -> (u16, String) {
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").unwrap();
+    let mut head = Vec::with_capacity(512);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head[9..12].parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+struct Issuing {
+    req_per_s: f64,
+    cpu_us_per_req: f64,
+    /// Records written per second from the start of the load until the queue was empty.
+    written_per_s: f64,
+    drain_s: f64,
+}
+
+fn issue(t: &Trackd, seconds: u64, connections: u64) -> Issuing {
+    let url = format!("http://{}{ISSUE_PATH}", t.addr);
+    // Warm-up: connections, the first blocks, the writer.
+    let _ = Command::new("wrk")
+        .args(["-t2", "-c32", "-d2s", &url])
+        .output()
+        .expect("wrk on the PATH");
+    wait_drained(t, Duration::from_secs(600));
+    let written_before = t.metric("trackd_records_written_total");
+    let cpu_before = t.cpu_seconds();
+    let start = Instant::now();
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let load_s = start.elapsed().as_secs_f64();
+    let cpu = t.cpu_seconds() - cpu_before;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no request count from wrk:\n{text}"));
+    let drain_start = Instant::now();
+    wait_drained(t, Duration::from_secs(600));
+    let drain_s = drain_start.elapsed().as_secs_f64();
+    let written = t.metric("trackd_records_written_total") - written_before;
+    Issuing {
+        req_per_s: requests / load_s,
+        cpu_us_per_req: cpu * 1e6 / requests,
+        written_per_s: written / (load_s + drain_s),
+        drain_s,
+    }
+}
+
+fn wait_drained(t: &Trackd, limit: Duration) {
+    let start = Instant::now();
+    while t.metric("trackd_records_queued") > 0.0 {
+        assert!(start.elapsed() < limit, "records not written in {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Lookups {
+    per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// Random lookups of loaded numbers (`ranges`: first sequence and count of each load) from
+/// `clients` threads on kept-alive connections.
+fn lookups(t: &Trackd, synth: &Arc<Synthetic>, ranges: &[(u64, u64)], seconds: u64) -> Lookups {
+    let total: u64 = ranges.iter().map(|r| r.1).sum();
+    let clients = 4;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let synth = Arc::clone(synth);
+            let ranges = ranges.to_vec();
+            let addr = t.addr;
+            std::thread::spawn(move || {
+                let mut conn = TcpStream::connect(addr).unwrap();
+                conn.set_nodelay(true).unwrap();
+                let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (c as u64 + 1);
+                let mut lat = Vec::new();
+                while Instant::now() < deadline {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let mut i = rng % total;
+                    let mut seq = 0;
+                    for &(first, n) in &ranges {
+                        if i < n {
+                            seq = first + i;
+                            break;
+                        }
+                        i -= n;
+                    }
+                    let number = synth.number(seq);
+                    let start = Instant::now();
+                    let (status, body) = get(&mut conn, &format!("/api/tracking-numbers/{number}"));
+                    lat.push(start.elapsed().as_nanos() as u64);
+                    assert_eq!(status, 200, "lookup of {number} (sequence {seq}): {body}");
+                    assert!(body.contains(number.as_str()));
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    let pick = |q: f64| all[((all.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+    Lookups {
+        per_s: all.len() as f64 / seconds as f64,
+        p50_us: pick(0.50),
+        p99_us: pick(0.99),
+    }
+}
+
+fn du(path: &Path) -> String {
+    Command::new("du")
+        .args(["-sh"])
+        .arg(path)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or("?")
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+fn pg_size(url: &str) -> String {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = pg(url).await;
+        let row = c
+            .query_one(
+                "SELECT pg_size_pretty(pg_total_relation_size('tracking_numbers'))",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, String>(0)
+    })
+}
+
+fn admin_sql(sql: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async { pg(PG_ADMIN).await.batch_execute(sql).await.unwrap() });
+}
+
+fn main() {
+    let stores: Vec<Store> = arg("--stores")
+        .unwrap_or_else(|| "embedded,postgres,postgres-by-number".into())
+        .split(',')
+        .map(Store::parse)
+        .collect();
+    let points: Vec<u64> = arg("--points")
+        .unwrap_or_else(|| "1000000,10000000,100000000".into())
+        .split(',')
+        .map(|p| p.parse().expect("a number of records"))
+        .collect();
+    let seconds = arg_u64("--seconds", 10);
+    let lookup_seconds = arg_u64("--lookup-seconds", 10);
+    let connections = arg_u64("--connections", 32);
+    let base = arg("--dir").map_or_else(std::env::temp_dir, PathBuf::from);
+    println!(
+        "growth: records async, wrk -t2 -c{connections} -d{seconds}s per issuing run, \
+         4 lookup clients for {lookup_seconds}s; {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<19} {:>12} {:>10} {:>8} {:>11} {:>8} {:>10} {:>9} {:>9} {:>8}",
+        "store",
+        "records",
+        "load/s",
+        "req/s",
+        "cpu µs/req",
+        "drain s",
+        "written/s",
+        "lookup/s",
+        "p50 µs",
+        "p99 µs"
+    );
+    for store in stores {
+        let dir = base.join(format!(
+            "trackd-growth-{}-{}",
+            store.name(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let db_name = format!("trackd_growth_{}", std::process::id());
+        let url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
+        let records_url = (store != Store::Embedded).then_some(url.as_str());
+        if records_url.is_some() {
+            admin_sql(&format!("DROP DATABASE IF EXISTS {db_name}"));
+            admin_sql(&format!("CREATE DATABASE {db_name}"));
+            let mut schema = trackd::records::postgres::SCHEMA.to_owned();
+            if store == Store::PostgresByNumber {
+                schema = schema.replace(
+                    "seq bigint PRIMARY KEY,\n    tracking_number char(16) NOT NULL",
+                    "seq bigint NOT NULL,\n    tracking_number char(16) PRIMARY KEY",
+                );
+                assert_ne!(schema, trackd::records::postgres::SCHEMA);
+            }
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async { pg(&url).await.batch_execute(&schema).await.unwrap() });
+        }
+        // One start creates the data directory's files and the PostgreSQL schema.
+        Trackd::start(&dir, records_url).stop();
+        let mut loaded = 0u64;
+        let mut loaded_ranges = Vec::new();
+        let mut synth = None;
+        for &point in &points {
+            let n = point.saturating_sub(loaded);
+            let start = Instant::now();
+            let first = match store {
+                Store::Embedded => load_embedded(&dir, n),
+                _ => load_postgres(&dir, &url, store, n),
+            };
+            let load_rate = n as f64 / start.elapsed().as_secs_f64();
+            loaded += n;
+            loaded_ranges.push((first, n));
+            let s = synth.get_or_insert_with(|| {
+                let key = PermutationKey::from_hex(KEY).unwrap();
+                Arc::new(Synthetic {
+                    permutation: Permutation::new(&key),
+                })
+            });
+            let t = Trackd::start(&dir, records_url);
+            let i = issue(&t, seconds, connections);
+            let l = (store != Store::PostgresByNumber)
+                .then(|| lookups(&t, s, &loaded_ranges, lookup_seconds));
+            t.stop();
+            let size = match records_url {
+                None => du(&dir.join("trackd.redb")),
+                Some(u) => pg_size(u),
+            };
+            let (ls, p50, p99) = l.map_or(("-".into(), "-".into(), "-".into()), |l| {
+                (
+                    format!("{:.0}", l.per_s),
+                    format!("{:.0}", l.p50_us),
+                    format!("{:.0}", l.p99_us),
+                )
+            });
+            println!(
+                "{:<19} {:>12} {:>10.0} {:>8.0} {:>11.2} {:>8.1} {:>10.0} {:>9} {:>9} {:>8}   ({size} on disk)",
+                store.name(),
+                loaded,
+                load_rate,
+                i.req_per_s,
+                i.cpu_us_per_req,
+                i.drain_s,
+                i.written_per_s,
+                ls,
+                p50,
+                p99,
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        if records_url.is_some() {
+            admin_sql(&format!("DROP DATABASE IF EXISTS {db_name}"));
+        }
+    }
+}
