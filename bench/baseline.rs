@@ -1,5 +1,6 @@
-//! The benchmark baseline: a bare hyper 1.x HTTP/1.1 keep-alive server that answers every
-//! request with the same `201 Created` JSON body that trackd sends on success.
+//! The benchmark baseline: a bare hyper 1.x keep-alive server (HTTP/1.1, and HTTP/2 with prior
+//! knowledge on the same port, as trackd) that answers every request with the same
+//! `201 Created` JSON body that trackd sends on success.
 //!
 //! It mirrors trackd's runtime and per-connection set-up (a multi-thread tokio runtime with one
 //! worker per core, `TCP_NODELAY`, hyper's `http1::Builder` with the same timer, head-read
@@ -15,10 +16,10 @@
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -140,13 +141,21 @@ async fn serve(listener: TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let conn = http1::Builder::new()
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(MAX_HEADER_BYTES)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service_fn(answer));
-            let _ = conn.await;
+                .keep_alive(true);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(128)
+                .max_header_list_size(MAX_HEADER_BYTES as u32);
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service_fn(answer))
+                .await;
         });
     }
 }

@@ -1,5 +1,5 @@
 //! Dispatch: the request's [`Route`] (parsed once), its method check, the handler, and the
-//! one error path; `Connection: close` on every response once the server is draining. Every
+//! one error path; `Connection: close` on every HTTP/1 response once the server is draining. Every
 //! request is observed (metrics, access log, `X-Request-Id`) by [`super::observe`].
 
 use super::error::{ApiError, Handled};
@@ -16,13 +16,15 @@ use hyper::{Request, Response};
 
 pub async fn handle(req: Request<Incoming>, state: &AppState, side: Side) -> Response<Body> {
     let (parts, body) = req.into_parts();
+    // HTTP/2 has no `Connection` header: a draining server sends GOAWAY instead.
+    let http1 = parts.version < hyper::Version::HTTP_2;
     let route = Route::parse(parts.uri.path());
     let observation = Observation::start(&parts, route);
     let mut resp = match dispatch(route, &parts, body, state, side).await {
         Ok(r) => r,
         Err(e) => e.into_response(state.retry_after_secs),
     };
-    if state.is_draining() {
+    if http1 && state.is_draining() {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -1,13 +1,13 @@
 //! The accept loops (the public listener and the operations one) and the per-connection
-//! driver: connection caps, request-head size and time limits, the idle keep-alive timeout, a
+//! driver: HTTP/1.1, or HTTP/2 with prior knowledge (h2c) on the same port; connection caps, request-head size and time limits, the idle keep-alive timeout, a
 //! write timeout for clients that stop reading, and graceful draining on shutdown.
 
 use super::router;
 use super::state::AppState;
 use crate::config::ServerSettings;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -54,6 +54,9 @@ pub enum Side {
     Public,
     Admin,
 }
+
+/// Concurrent HTTP/2 streams per connection at most (each is a task of its own).
+const H2_MAX_STREAMS: u32 = 128;
 
 /// Open connections of the operations listener at most (a few scrapers and probes).
 const ADMIN_CONNECTIONS: usize = 64;
@@ -167,12 +170,19 @@ async fn serve_connection(
         let state = Arc::clone(&state);
         async move { Ok::<_, Infallible>(router::handle(req, &state, side).await) }
     });
-    let conn = http1::Builder::new()
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes)
-        .keep_alive(true)
-        .serve_connection(io, svc);
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(limits.max_header_bytes as u32);
+    let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
 
     let mut closing = false;
