@@ -108,6 +108,7 @@ impl Synthetic {
             weight_grams: 1 + (seq % 30_000) as u32,
             order_created_at: Some(issued_at - time::Duration::hours(2)),
             issued_at,
+            voided: None,
         });
     }
 }

@@ -10,8 +10,11 @@ use crate::support::{form, rfc3339};
 use crate::tracking::number::{self, TrackingNumber};
 use crate::tracking::order::{Order, OrderFields};
 
+/// A fuzz target: bytes in, a panic on a broken invariant.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name, as the fuzzers and the regression tests call them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("query", query),
     ("run_body", run_body),
     ("tracking_number", tracking_number),

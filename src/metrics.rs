@@ -24,6 +24,7 @@ pub const HTTP_REQUEST_DURATION: &str = "trackd_http_request_duration_seconds";
 // Tracking numbers and the sequence store
 pub const NUMBERS_ISSUED: &str = "trackd_tracking_numbers_issued_total";
 pub const NUMBERS_SKIPPED: &str = "trackd_tracking_numbers_skipped_total";
+pub const NUMBERS_VOIDED: &str = "trackd_tracking_numbers_voided_total";
 pub const BLOCKS_RESERVED: &str = "trackd_sequence_blocks_reserved_total";
 pub const BLOCK_SIZE: &str = "trackd_sequence_block_size";
 pub const NUMBERS_BUFFERED: &str = "trackd_sequence_numbers_buffered";
@@ -187,6 +188,11 @@ fn describe() {
         RECORD_BATCH_WRITE,
         Unit::Seconds,
         "Duration of each record batch write (one COPY, or one journal append and its sync), failures included: in durable mode, the commit every waiting request shares."
+    );
+    describe_counter!(
+        NUMBERS_VOIDED,
+        Unit::Count,
+        "Tracking numbers voided (their label cancelled)."
     );
     describe_counter!(
         RECORDS_EXPIRED,
@@ -444,6 +450,11 @@ pub fn record_batch_write(store: &'static str, elapsed: Duration) {
     histogram!(RECORD_BATCH_WRITE, "store" => store).record(elapsed.as_secs_f64());
 }
 
+/// A number was voided.
+pub fn number_voided() {
+    counter!(NUMBERS_VOIDED).increment(1);
+}
+
 /// `n` records past their retention were removed.
 pub fn records_expired(n: u64) {
     counter!(RECORDS_EXPIRED).increment(n);
@@ -503,6 +514,7 @@ mod tests {
             HTTP_REQUEST_DURATION,
             NUMBERS_ISSUED,
             NUMBERS_SKIPPED,
+            NUMBERS_VOIDED,
             BLOCKS_RESERVED,
             BLOCK_SIZE,
             NUMBERS_BUFFERED,
@@ -535,6 +547,7 @@ mod tests {
             HTTP_REQUESTS,
             NUMBERS_ISSUED,
             NUMBERS_SKIPPED,
+            NUMBERS_VOIDED,
             BLOCKS_RESERVED,
             STORE_ERRORS,
             POLICY_CACHE_REFRESH_FAILURES,

@@ -12,6 +12,8 @@ pub enum Route<'p> {
     IssueRun,
     /// `/api/tracking-numbers/<number>`: the number as sent.
     Lookup(&'p str),
+    /// `/api/tracking-numbers/<number>/void`.
+    Void(&'p str),
     Healthz,
     Readyz,
     Metrics,
@@ -38,6 +40,7 @@ pub const TEMPLATES: &[&str] = &[
     "/customer_insurance/user_policy_dump/{user_id}/{format}/",
     "/api/tracking-numbers",
     "/api/tracking-numbers/{tracking_number}",
+    "/api/tracking-numbers/{tracking_number}/void",
     UNMATCHED,
 ];
 pub const UNMATCHED: &str = "unmatched";
@@ -62,7 +65,10 @@ impl<'p> Route<'p> {
             "/openapi.json" => Route::OpenApi,
             _ => {
                 if let Some(n) = p.strip_prefix("/api/tracking-numbers/") {
-                    Route::Lookup(n)
+                    match n.strip_suffix("/void") {
+                        Some(n) => Route::Void(n),
+                        None => Route::Lookup(n),
+                    }
                 } else if let Some(rest) = p.strip_prefix(POLICY_PREFIX) {
                     Self::policy(rest)
                 } else {
@@ -101,6 +107,7 @@ impl<'p> Route<'p> {
             Route::Dump(..) => 8,
             Route::IssueRun => 9,
             Route::Lookup(_) => 10,
+            Route::Void(_) => 11,
             Route::Unmatched => TEMPLATES.len() - 1,
         }
     }
@@ -113,7 +120,7 @@ impl<'p> Route<'p> {
     pub fn allow(&self) -> &'static str {
         match self {
             Route::NextTrackingNumber => "GET",
-            Route::IssueRun => "POST",
+            Route::IssueRun | Route::Void(_) => "POST",
             _ => "GET, HEAD",
         }
     }
@@ -123,6 +130,7 @@ impl<'p> Route<'p> {
         match self {
             Route::NextTrackingNumber | Route::IssueRun => Some(Scope::Issue),
             Route::Lookup(_) => Some(Scope::Lookup),
+            Route::Void(_) => Some(Scope::Void),
             Route::UserList | Route::UserPolicy(_) | Route::PolicyDetail(_) | Route::Dump(..) => {
                 Some(Scope::Policy)
             }
@@ -145,7 +153,7 @@ impl<'p> Route<'p> {
     pub fn allows(&self, method: &Method) -> bool {
         match self {
             Route::NextTrackingNumber => method == Method::GET,
-            Route::IssueRun => method == Method::POST,
+            Route::IssueRun | Route::Void(_) => method == Method::POST,
             _ => method == Method::GET || method == Method::HEAD,
         }
     }
@@ -207,6 +215,14 @@ mod tests {
             t("/api/tracking-numbers/MYID7K2Q9XW4LB0T"),
             "/api/tracking-numbers/{tracking_number}"
         );
+        assert_eq!(
+            Route::parse("/api/tracking-numbers/MYID7K2Q9XW4LB0T/void"),
+            Route::Void("MYID7K2Q9XW4LB0T")
+        );
+        assert_eq!(
+            t("/api/tracking-numbers/MYID7K2Q9XW4LB0T/void/"),
+            "/api/tracking-numbers/{tracking_number}/void"
+        );
     }
 
     #[test]
@@ -218,5 +234,7 @@ mod tests {
         assert!(Route::Metrics.allows(&Method::HEAD));
         assert!(!Route::Metrics.allows(&Method::DELETE));
         assert_eq!(Route::UserList.allow(), "GET, HEAD");
+        assert!(Route::Void("x").allows(&Method::POST));
+        assert!(!Route::Void("x").allows(&Method::GET));
     }
 }

@@ -84,6 +84,7 @@ async fn dispatch(
         Route::NextTrackingNumber => tracking::next_tracking_number(parts, client, state).await,
         Route::IssueRun => tracking::issue_run(parts, body, client, state).await,
         Route::Lookup(number) => tracking::lookup(number, state).await,
+        Route::Void(number) => tracking::void(number, parts, body, client, state).await,
         Route::Healthz => Ok(ops::liveness(state)),
         Route::Readyz => Ok(ops::readiness(state, side == Side::Admin)),
         Route::Metrics => Ok(ops::metrics(state)),

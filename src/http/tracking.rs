@@ -1,19 +1,22 @@
 //! The tracking routes over HTTP: `GET /api/next-tracking-number/` (one number) and
 //! `POST /api/tracking-numbers` (a label run) parse the order and the `Idempotency-Key`, ask
 //! the [`Issuer`](crate::issue::Issuer) and map its outcome; `GET /api/tracking-numbers/<number>`
-//! answers the number's record.
+//! answers the number's record, and `POST /api/tracking-numbers/<number>/void` voids it.
 
 use super::error::{ApiError, Handled};
 use super::response;
+use super::response::Body;
 use super::state::AppState;
 use crate::idempotency::Key;
+use crate::issue::void::{RECORDS_DOWN, VoidOutcome};
 use crate::issue::{Count, MAX_COUNT, Outcome, Request};
-use crate::records::Lookup;
+use crate::records::{Lookup, MAX_VOID_REASON, RecordSink};
 use crate::support::{form, rfc3339};
 use crate::tracking::number::TrackingNumber;
 use crate::tracking::order::{FieldErrors, Order, OrderFields, Raw};
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use hyper::Response;
 use hyper::StatusCode;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -54,15 +57,7 @@ pub async fn issue_run(
     client: Option<&str>,
     state: &AppState,
 ) -> Handled {
-    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-        let essence = ct.to_str().unwrap_or("").split(';').next().unwrap_or("");
-        if !essence.trim().eq_ignore_ascii_case("application/json") {
-            return Err(ApiError::Status(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "Content-Type must be application/json.".into(),
-            ));
-        }
-    }
+    json_content_type(&parts.headers)?;
     let bytes = read_body(body, MAX_BODY_BYTES, state.body_read_timeout).await?;
     let (order, count) = parse_run(&bytes)?;
     let key = idempotency_key(&parts.headers, client)?;
@@ -79,39 +74,118 @@ pub async fn issue_run(
 
 /// `GET /api/tracking-numbers/<number>`.
 pub async fn lookup(raw: &str, state: &AppState) -> Handled {
-    let number = TrackingNumber::parse(&raw.to_ascii_uppercase()).map_err(|e| {
+    let number = parse_number(raw)?;
+    let records = records(state)?;
+    match records.lookup(&number).await {
+        Ok(Lookup::Found(record)) => Ok(response::json(StatusCode::OK, &record)),
+        Ok(Lookup::Missing { expired_before }) => Err(missing(expired_before)),
+        Err(e) => {
+            tracing::warn!(error = %e, "record lookup failed");
+            Err(ApiError::Unavailable(RECORDS_DOWN.into()))
+        }
+    }
+}
+
+/// Largest accepted void body.
+const MAX_VOID_BODY_BYTES: usize = 4096;
+
+/// `POST /api/tracking-numbers/<number>/void`, with an optional `{"reason": "..."}`.
+pub async fn void(
+    raw: &str,
+    parts: &Parts,
+    body: Incoming,
+    client: Option<&str>,
+    state: &AppState,
+) -> Handled {
+    let number = parse_number(raw)?;
+    let bytes = read_body(body, MAX_VOID_BODY_BYTES, state.body_read_timeout).await?;
+    if !bytes.is_empty() {
+        json_content_type(&parts.headers)?;
+    }
+    let reason = parse_void(&bytes)?;
+    let key = idempotency_key(&parts.headers, client)?;
+    let records = records(state)?;
+    match state.issuer.void(records, number, reason, key).await {
+        VoidOutcome::Voided(body) => Ok(response::json_bytes(StatusCode::OK, body)),
+        VoidOutcome::Already(body) => Ok(response::json_bytes(StatusCode::CONFLICT, body)),
+        VoidOutcome::Missing { expired_before } => Err(missing(expired_before)),
+        VoidOutcome::Replayed { status, body } => Ok(replayed(status, body)),
+        VoidOutcome::KeyConflict => Err(key_conflict()),
+        VoidOutcome::KeyInProgress => Ok(key_in_progress()),
+        VoidOutcome::Unavailable(why) => Err(ApiError::Unavailable(why.into())),
+    }
+}
+
+/// A tracking number from the path (any case), or a 400 naming what is wrong with it.
+fn parse_number(raw: &str) -> Result<TrackingNumber, ApiError> {
+    TrackingNumber::parse(&raw.to_ascii_uppercase()).map_err(|e| {
         let mut errors = FieldErrors::default();
         errors.add(
             "tracking_number",
             format!("Not a valid tracking number: {e}."),
         );
         ApiError::Fields(errors)
-    })?;
-    let Some(records) = &state.records else {
-        return Err(ApiError::not_found(
+    })
+}
+
+/// The record store, or the 404 of an instance that keeps no records.
+fn records(state: &AppState) -> Result<&std::sync::Arc<dyn RecordSink>, ApiError> {
+    state.records.as_ref().ok_or_else(|| {
+        ApiError::not_found(
             "Not found: this instance does not record issued numbers (records.mode = \"off\").",
-        ));
-    };
-    match records.lookup(&number).await {
-        Ok(Lookup::Found(record)) => Ok(response::json(StatusCode::OK, &record)),
-        Ok(Lookup::Missing {
-            expired_before: None,
-        }) => Err(ApiError::not_found(
+        )
+    })
+}
+
+/// The 404 of a number without a record.
+fn missing(expired_before: Option<time::OffsetDateTime>) -> ApiError {
+    match expired_before {
+        None => ApiError::not_found(
             "No tracking number like this was issued (or its record is not written yet).",
-        )),
-        Ok(Lookup::Missing {
-            expired_before: Some(t),
-        }) => Err(ApiError::not_found(format!(
+        ),
+        Some(t) => ApiError::not_found(format!(
             "No record of this number: it was never issued, or it was issued before {} and its \
              record has expired (records.retention_days).",
             rfc3339::format_micros(t)
-        ))),
-        Err(e) => {
-            tracing::warn!(error = %e, "record lookup failed");
-            Err(ApiError::Unavailable(
-                "The record store cannot be reached. Retry later.".into(),
-            ))
+        )),
+    }
+}
+
+/// The optional reason of a void body (`{}`, `{"reason": null}` and an empty body: none;
+/// other fields are ignored, as in the label run's body).
+pub fn parse_void(bytes: &[u8]) -> Result<Option<String>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("Malformed JSON body: {e}.")))?;
+    let serde_json::Value::Object(mut map) = value else {
+        return Err(ApiError::bad_request("The JSON body must be an object."));
+    };
+    let mut errors = FieldErrors::default();
+    let reason = match map.remove("reason") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => {
+            let t = s.trim();
+            if t.chars().count() > MAX_VOID_REASON {
+                errors.add(
+                    "reason",
+                    format!("Ensure this field has no more than {MAX_VOID_REASON} characters."),
+                );
+            } else if t.chars().any(char::is_control) {
+                errors.add("reason", "Must not contain control characters.");
+            }
+            (!t.is_empty()).then(|| t.to_owned())
         }
+        Some(_) => {
+            errors.add("reason", "Must be a string.");
+            None
+        }
+    };
+    if errors.is_empty() {
+        Ok(reason)
+    } else {
+        Err(ApiError::Fields(errors))
     }
 }
 
@@ -130,29 +204,52 @@ fn idempotency_key(headers: &HeaderMap, client: Option<&str>) -> Result<Option<K
 fn answer(outcome: Outcome) -> Handled {
     match outcome {
         Outcome::Created(body) => Ok(response::json_bytes(StatusCode::CREATED, body)),
-        Outcome::Replayed { status, body } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
-            let mut r = response::json_bytes(status, body);
-            r.headers_mut()
-                .insert(REPLAYED.clone(), HeaderValue::from_static("true"));
-            Ok(r)
-        }
-        Outcome::KeyConflict => Err(ApiError::Status(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "This Idempotency-Key was already used with other parameters: use a new key for a new request."
-                .into(),
-        )),
-        Outcome::KeyInProgress => {
-            let mut r = response::detail(
-                StatusCode::CONFLICT,
-                "A request with this Idempotency-Key is still being answered. Retry shortly.",
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
-            Ok(r)
-        }
+        Outcome::Replayed { status, body } => Ok(replayed(status, body)),
+        Outcome::KeyConflict => Err(key_conflict()),
+        Outcome::KeyInProgress => Ok(key_in_progress()),
         Outcome::Unavailable(why) => Err(ApiError::Unavailable(why.to_string().into())),
     }
+}
+
+/// A key's first answer, again.
+fn replayed(status: u16, body: String) -> Response<Body> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let mut r = response::json_bytes(status, body);
+    r.headers_mut()
+        .insert(REPLAYED.clone(), HeaderValue::from_static("true"));
+    r
+}
+
+fn key_conflict() -> ApiError {
+    ApiError::Status(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "This Idempotency-Key was already used with other parameters: use a new key for a new request."
+            .into(),
+    )
+}
+
+fn key_in_progress() -> Response<Body> {
+    let mut r = response::detail(
+        StatusCode::CONFLICT,
+        "A request with this Idempotency-Key is still being answered. Retry shortly.",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+    r
+}
+
+/// A body, when one is sent, must be JSON.
+fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let essence = ct.to_str().unwrap_or("").split(';').next().unwrap_or("");
+        if !essence.trim().eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::Status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Content-Type must be application/json.".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The whole body, at most `limit` bytes, within `within` (a client that sends it slowly is

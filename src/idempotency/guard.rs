@@ -176,18 +176,26 @@ impl Held {
         }
     }
 
-    /// Settles the key after the request's answer: a 201 is remembered; any other answer
-    /// releases the key, unless an answer was promised (numbers issued, their records queued
+    /// Releases the key without an answer (none worth remembering): a retry is answered
+    /// anew. False if the claim was lost meanwhile.
+    pub async fn release(mut self) -> Result<bool, IdemError> {
+        let r = self.store.abandon(&self.key, &self.claim).await;
+        self.settled = true;
+        r
+    }
+
+    /// Settles the key after the request's answer: a definitive one (below 500: a 201, or a
+    /// void's 200, 404 or 409) is remembered; a 5xx releases the key, unless an answer was promised (numbers issued, their records queued
     /// but not committed in time), which the key then gets once they are. False if the claim
     /// was lost meanwhile. (A promised answer is left to the drop, which completes it.)
     pub async fn settle(mut self, status: u16, body: &str) -> Result<bool, IdemError> {
-        let r = if status == 201 {
+        let r = if status < 500 {
             let r = self
                 .store
                 .complete(&self.key, &self.claim, status, body)
                 .await;
             if let Err(e) = &r {
-                // The client gets this 201: the key must not go stale and be answered anew.
+                // The client gets this answer: the key must not go stale and be answered anew.
                 tracing::warn!(error = %e, "could not remember an idempotency key; retrying in the background");
                 self.promise
                     .set(std::future::ready(true), status, body.to_owned());

@@ -10,6 +10,7 @@
 //! when they are).
 
 pub mod receipt;
+pub mod void;
 
 use crate::idempotency::{Begin, Held, Idempotency, Key, Promise};
 use crate::records::writer::Recorder;
@@ -120,6 +121,17 @@ impl Issuer {
 
     pub fn keys(&self) -> &Arc<Idempotency> {
         &self.keys
+    }
+
+    /// Voids a number in `records` (see [`void::void`]), once per `key` if there is one.
+    pub async fn void(
+        &self,
+        records: &Arc<dyn crate::records::RecordSink>,
+        number: crate::tracking::number::TrackingNumber,
+        reason: Option<String>,
+        key: Option<Key>,
+    ) -> void::VoidOutcome {
+        void::void(records, &self.keys, self.key_wait, number, reason, key).await
     }
 
     /// Answers a request: once per `Idempotency-Key` (a retry gets the first answer), or

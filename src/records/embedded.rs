@@ -5,7 +5,9 @@
 //! the indexer thread, off the writer's path.
 
 use super::journal::{self, Journal};
-use super::{Batch, Entry, Fields, Lookup, Record, RecordSink, SinkError, SinkFuture};
+use super::{
+    Batch, Entry, Fields, Lookup, Record, RecordSink, SinkError, SinkFuture, Void, Voiding,
+};
 use crate::tracking::number::TrackingNumber;
 use crate::tracking::permute::Permutation;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -102,6 +104,8 @@ pub struct EmbeddedRecords {
     _indexer: Arc<Indexer>,
     permutation: Permutation,
     journal: Arc<Mutex<JournalState>>,
+    /// Held by a void from reading the record to journaling its voided form.
+    voids: Arc<Mutex<()>>,
 }
 
 struct JournalState {
@@ -532,6 +536,7 @@ impl EmbeddedRecords {
                 broken: false,
                 spare_requested: false,
             })),
+            voids: Arc::default(),
         })
     }
 }
@@ -582,6 +587,42 @@ impl EmbeddedRecords {
     }
 }
 
+impl EmbeddedRecords {
+    /// The record of `number` (sequence `seq`), if it was issued.
+    fn record(&self, seq: u64, number: TrackingNumber) -> Result<Option<Record>, SinkError> {
+        match self.index.find(seq).map_err(unavailable)? {
+            Some(value) => {
+                let fields = Fields::parse(&value).ok_or_else(|| {
+                    unavailable(format!("the stored record of {number} does not decode"))
+                })?;
+                // Same sequence, other country codes: another number, never issued.
+                Ok(Record::from_fields(seq, number, fields))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Journals the voided form of the record (a newer entry of the same sequence: lookups
+    /// and the index take the newest), unless it is voided already.
+    fn void_blocking(&self, number: TrackingNumber, void: Void) -> Result<Voiding, SinkError> {
+        let _one_at_a_time = self.voids.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = self.permutation.invert(number.code());
+        let Some(mut record) = self.record(seq, number)? else {
+            return Ok(Voiding::Missing {
+                expired_before: self.index.expired_before(seq),
+            });
+        };
+        if record.voided.is_some() {
+            return Ok(Voiding::Already(record));
+        }
+        record.voided = Some(void);
+        let mut batch = Batch::default();
+        batch.push(&record.as_ref());
+        self.write_blocking(&Arc::new(batch))?;
+        Ok(Voiding::Voided(record))
+    }
+}
+
 impl RecordSink for EmbeddedRecords {
     fn write(&self, batch: Arc<Batch>, _retry: bool) -> SinkFuture<'_, ()> {
         Box::pin(async move {
@@ -609,30 +650,31 @@ impl RecordSink for EmbeddedRecords {
     }
 
     fn lookup<'a>(&'a self, number: &'a TrackingNumber) -> SinkFuture<'a, Lookup> {
-        let index = Arc::clone(&self.index);
+        let this = self.clone();
         let number = *number;
-        let seq = self.permutation.invert(number.code());
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                let record = match index.find(seq).map_err(unavailable)? {
-                    Some(value) => {
-                        let fields = Fields::parse(&value).ok_or_else(|| {
-                            unavailable(format!("the stored record of {number} does not decode"))
-                        })?;
-                        // Same sequence, other country codes: another number, never issued.
-                        Record::from_fields(seq, number, fields)
-                    }
-                    None => None,
-                };
-                Ok(match record {
+                let seq = this.permutation.invert(number.code());
+                Ok(match this.record(seq, number)? {
                     Some(r) => Lookup::Found(r.to_json()),
                     None => Lookup::Missing {
-                        expired_before: index.expired_before(seq),
+                        expired_before: this.index.expired_before(seq),
                     },
                 })
             })
             .await
             .map_err(unavailable)?
+        })
+    }
+
+    fn void<'a>(&'a self, number: &'a TrackingNumber, void: Void) -> SinkFuture<'a, Voiding> {
+        let this = self.clone();
+        let number = *number;
+        // On the blocking pool: it finishes even if the request is dropped meanwhile.
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || this.void_blocking(number, void))
+                .await
+                .map_err(unavailable)?
         })
     }
 
@@ -709,6 +751,7 @@ mod tests {
                         weight_grams: 1 + seq as u32,
                         order_created_at: None,
                         issued_at: t,
+                        voided: None,
                     })
                     .collect();
                 let mut b = Batch::default();

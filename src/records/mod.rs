@@ -126,7 +126,19 @@ pub struct Record {
     pub order_created_at: Option<OffsetDateTime>,
     /// When trackd issued the number (the 201's `created_at`).
     pub issued_at: OffsetDateTime,
+    /// Set once the number is voided (its label cancelled); a voided number stays voided.
+    pub voided: Option<Void>,
 }
+
+/// A number's void: when, and the reason the client gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Void {
+    pub at: OffsetDateTime,
+    pub reason: Option<String>,
+}
+
+/// Longest void reason, in characters.
+pub const MAX_VOID_REASON: usize = 255;
 
 impl Record {
     pub fn origin(&self) -> &str {
@@ -149,6 +161,9 @@ impl Record {
             "weight": Weight::from_grams(self.weight_grams).map(|w| w.to_string()),
             "order_created_at": self.order_created_at.map(rfc3339::format_micros),
             "created_at": rfc3339::format_micros(self.issued_at),
+            "status": if self.voided.is_some() { "voided" } else { "issued" },
+            "voided_at": self.voided.as_ref().map(|v| rfc3339::format_micros(v.at)),
+            "void_reason": self.voided.as_ref().and_then(|v| v.reason.as_deref()),
         })
     }
 }
@@ -174,6 +189,7 @@ pub struct RecordRef<'a> {
     pub weight_grams: u32,
     pub order_created_at: Option<OffsetDateTime>,
     pub issued_at: OffsetDateTime,
+    pub voided: Option<&'a Void>,
 }
 
 impl<'a> RecordRef<'a> {
@@ -187,16 +203,17 @@ impl<'a> RecordRef<'a> {
             weight_grams: order.weight.grams(),
             order_created_at: order.created_at,
             issued_at: issued.issued_at,
+            voided: None,
         }
     }
 
     /// The compact binary form kept by the embedded store (the sequence number is the key),
     /// appended to `b`: version, country prefix, customer id, grams, issue and order instants
-    /// (µs), name, slug.
+    /// (µs), name, slug; version 2 adds the void's instant (µs) and reason.
     pub fn encode_into(&self, b: &mut Vec<u8>) {
         let (name, slug) = (self.customer_name.as_bytes(), self.customer_slug.as_bytes());
         b.reserve(1 + 4 + 16 + 4 + 8 + 9 + 4 + name.len() + slug.len());
-        b.push(1);
+        b.push(if self.voided.is_some() { 2 } else { 1 });
         b.extend_from_slice(&self.number.as_str().as_bytes()[..4]);
         b.extend_from_slice(self.customer_id.as_bytes());
         b.extend_from_slice(&self.weight_grams.to_le_bytes());
@@ -212,6 +229,13 @@ impl<'a> RecordRef<'a> {
         b.extend_from_slice(name);
         b.extend_from_slice(&(slug.len() as u16).to_le_bytes());
         b.extend_from_slice(slug);
+        if let Some(v) = self.voided {
+            let reason = v.reason.as_deref().unwrap_or("").as_bytes();
+            b.extend_from_slice(&micros(v.at).to_le_bytes());
+            b.push(u8::from(v.reason.is_some()));
+            b.extend_from_slice(&(reason.len() as u16).to_le_bytes());
+            b.extend_from_slice(reason);
+        }
     }
 }
 
@@ -226,6 +250,7 @@ impl Record {
             weight_grams: self.weight_grams,
             order_created_at: self.order_created_at,
             issued_at: self.issued_at,
+            voided: self.voided.as_ref(),
         }
     }
 
@@ -254,6 +279,13 @@ impl Record {
                 None => None,
             },
             issued_at: from_micros(f.issued_micros)?,
+            voided: match f.voided {
+                Some((us, reason)) => Some(Void {
+                    at: from_micros(us)?,
+                    reason: reason.map(str::to_owned),
+                }),
+                None => None,
+            },
         })
     }
 }
@@ -271,6 +303,8 @@ pub struct Fields<'a> {
     pub order_created_micros: Option<i64>,
     pub customer_name: &'a str,
     pub customer_slug: &'a str,
+    /// The void's instant (Unix microseconds) and reason, for a voided number.
+    pub voided: Option<(i64, Option<&'a str>)>,
 }
 
 impl<'a> Fields<'a> {
@@ -287,7 +321,8 @@ impl<'a> Fields<'a> {
             *b = tail;
             std::str::from_utf8(head).ok()
         }
-        if take::<1>(&mut b)? != &[1] {
+        let version = take::<1>(&mut b)?[0];
+        if version != 1 && version != 2 {
             return None;
         }
         let countries = take::<4>(&mut b)?;
@@ -298,14 +333,25 @@ impl<'a> Fields<'a> {
             [1] => Some(i64::from_le_bytes(*take::<8>(&mut b)?)),
             _ => None,
         };
+        let customer_name = text(&mut b)?;
+        let customer_slug = text(&mut b)?;
+        let voided = if version == 2 {
+            let at = i64::from_le_bytes(*take::<8>(&mut b)?);
+            let has_reason = take::<1>(&mut b)?[0] == 1;
+            let reason = text(&mut b)?;
+            Some((at, has_reason.then_some(reason)))
+        } else {
+            None
+        };
         Some(Self {
             countries,
             customer_id,
             weight_grams,
             issued_micros,
             order_created_micros,
-            customer_name: text(&mut b)?,
-            customer_slug: text(&mut b)?,
+            customer_name,
+            customer_slug,
+            voided,
         })
     }
 }
@@ -425,6 +471,19 @@ pub enum Lookup {
     },
 }
 
+/// What voiding a number found.
+#[derive(Debug, Clone)]
+pub enum Voiding {
+    /// Voided now (durably): the record as it is from now on.
+    Voided(Record),
+    /// Voided before: the record, with that first void.
+    Already(Record),
+    /// No record of the number (see [`Lookup::Missing`]).
+    Missing {
+        expired_before: Option<OffsetDateTime>,
+    },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("record store unavailable: {0}")]
@@ -451,6 +510,10 @@ pub trait RecordSink: Send + Sync + 'static {
     /// The record of a number, as the lookup's JSON body.
     fn lookup<'a>(&'a self, number: &'a TrackingNumber) -> SinkFuture<'a, Lookup>;
 
+    /// Voids a number's record, durably before it returns [`Voiding::Voided`]; of concurrent
+    /// voids of one number exactly one gets that answer.
+    fn void<'a>(&'a self, number: &'a TrackingNumber, void: Void) -> SinkFuture<'a, Voiding>;
+
     /// Removes the records issued before `before` (retention), a few thousand per
     /// transaction so that writing goes on; returns how many.
     fn expire(&self, before: OffsetDateTime) -> SinkFuture<'_, u64>;
@@ -472,7 +535,17 @@ mod tests {
     fn records_round_trip_through_the_binary_form() {
         let number = TrackingNumber::parse("MYIDDJCJY7W05NF0").unwrap();
         let t = OffsetDateTime::from_unix_timestamp_nanos(1_763_000_000_123_456_000).unwrap();
-        for (name, created) in [("Łódź 東京 & Co", Some(t)), ("", None)] {
+        let void = |reason: Option<&str>| Void {
+            at: t + time::Duration::seconds(5),
+            reason: reason.map(str::to_owned),
+        };
+        for (name, created, voided) in [
+            ("Łódź 東京 & Co", Some(t), None),
+            ("", None, None),
+            ("A", Some(t), Some(void(Some("label damaged — réimprimé")))),
+            ("B", None, Some(void(None))),
+            ("C", None, Some(void(Some("")))),
+        ] {
             let r = Record {
                 seq: 42,
                 number,
@@ -482,11 +555,24 @@ mod tests {
                 weight_grams: 9_999_999,
                 order_created_at: created,
                 issued_at: t,
+                voided,
             };
             let mut bytes = Vec::new();
             r.as_ref().encode_into(&mut bytes);
             let back = Record::decode(42, number, &bytes).unwrap();
             assert_eq!(back.to_json(), r.to_json());
+            assert_eq!(back.voided, r.voided);
+            let json = r.to_json();
+            assert_eq!(
+                json["status"],
+                if r.voided.is_some() {
+                    "voided"
+                } else {
+                    "issued"
+                }
+            );
+            // A void's bytes cut short are not a record.
+            assert!(Record::decode(42, number, &bytes[..bytes.len() - 1]).is_none());
         }
         assert!(Record::decode(1, number, &[1, 2, 3]).is_none());
         assert!(Record::decode(1, number, &[]).is_none());
@@ -511,6 +597,7 @@ mod tests {
             weight_grams: 1 + i as u32,
             order_created_at: (i == 0).then_some(t),
             issued_at: t,
+            voided: None,
         })
         .collect();
         let mut batch = Batch::default();

@@ -5,7 +5,7 @@
 //! pages of the blocks being issued instead of random ones; a lookup inverts the permutation
 //! to find the key.
 
-use super::{Batch, Fields, Lookup, Record, RecordSink, SinkError, SinkFuture};
+use super::{Batch, Fields, Lookup, Record, RecordSink, SinkError, SinkFuture, Void, Voiding};
 use crate::support::lazy::Lazy;
 use crate::support::pg;
 use crate::support::tls::Tls;
@@ -31,6 +31,8 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tracking_numbers (
     issued_at timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tracking_numbers_issued_at ON tracking_numbers USING brin (issued_at);
+ALTER TABLE tracking_numbers ADD COLUMN IF NOT EXISTS voided_at timestamptz,
+    ADD COLUMN IF NOT EXISTS void_reason text;
 CREATE TABLE IF NOT EXISTS trackd_records_meta (name text PRIMARY KEY, at timestamptz NOT NULL)";
 
 /// Rows removed per statement by the retention.
@@ -38,6 +40,11 @@ const EXPIRE_CHUNK: i64 = 5_000;
 
 const COLUMNS: &str = "seq, tracking_number, customer_id, customer_name, customer_slug, \
     origin_country_id, destination_country_id, weight_grams, order_created_at, issued_at";
+
+/// What a lookup reads: the inserted columns, and the void.
+const SELECTED: &str = "seq, tracking_number, customer_id, customer_name, customer_slug, \
+    origin_country_id, destination_country_id, weight_grams, order_created_at, issued_at, \
+    voided_at, void_reason";
 
 /// PostgreSQL's epoch (2000-01-01) in Unix microseconds: binary timestamps count from it.
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -218,6 +225,83 @@ impl PostgresRecords {
     }
 }
 
+/// The record of a row of [`SELECTED`].
+fn row_record(row: &tokio_postgres::Row, number: TrackingNumber) -> Record {
+    let weight: i32 = row.get(7);
+    let seq: i64 = row.get(0);
+    Record {
+        seq: seq as u64,
+        number,
+        customer_id: row.get(2),
+        customer_name: row.get(3),
+        customer_slug: row.get(4),
+        weight_grams: weight as u32,
+        order_created_at: row.get(8),
+        issued_at: row.get(9),
+        voided: row.get::<_, Option<OffsetDateTime>>(10).map(|at| Void {
+            at,
+            reason: row.get(11),
+        }),
+    }
+}
+
+/// The latest retention cutoff, if the retention ever removed records.
+async fn expired_before(client: &Client) -> Result<Option<OffsetDateTime>, SinkError> {
+    let row = client
+        .query_opt(
+            "SELECT at FROM trackd_records_meta WHERE name = 'expired_before'",
+            &[],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+impl PostgresRecords {
+    /// Runs `f` on the reader connection, bounded in time; a connection that failed or timed
+    /// out may be dead without TCP noticing, so the next call opens a new one.
+    async fn reading<T>(
+        &self,
+        f: impl for<'c> FnOnce(&'c Client) -> SinkFuture<'c, T>,
+    ) -> Result<T, SinkError> {
+        // One reader connection: a call waits its turn, but not forever.
+        let mut slot = tokio::time::timeout(self.timeout * 4, self.reader.lock())
+            .await
+            .map_err(|_| unavailable("waited too long for the reader connection"))?;
+        let client = slot.get(|| self.connect()).await?;
+        match tokio::time::timeout(self.timeout * 4, f(client)).await {
+            Ok(Ok(v)) => Ok(v),
+            failed => {
+                slot.reset();
+                Err(match failed {
+                    Ok(Err(e)) => e,
+                    _ => unavailable("the record store did not answer in time"),
+                })
+            }
+        }
+    }
+}
+
+/// The record of `number`, if it was issued (the same sequence with other country codes is
+/// another number, never issued).
+async fn select(
+    client: &Client,
+    permutation: &Permutation,
+    number: &TrackingNumber,
+) -> Result<Option<Record>, SinkError> {
+    let seq = permutation.invert(number.code());
+    let row = client
+        .query_opt(
+            &format!("SELECT {SELECTED} FROM tracking_numbers WHERE seq = $1"),
+            &[&(seq as i64)],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(row
+        .filter(|r| r.get::<_, &str>(1) == number.as_str())
+        .map(|r| row_record(&r, *number)))
+}
+
 /// The highest sequence number recorded in the `tracking_numbers` table at `url` (`None`: no
 /// record, or no table).
 pub async fn highest_seq(
@@ -244,59 +328,52 @@ impl RecordSink for PostgresRecords {
     }
 
     fn lookup<'a>(&'a self, number: &'a TrackingNumber) -> SinkFuture<'a, Lookup> {
+        let (p, number) = (self.permutation.clone(), *number);
         Box::pin(async move {
-            // One reader connection: a lookup waits its turn, but not forever.
-            let mut slot = tokio::time::timeout(self.timeout * 4, self.reader.lock())
-                .await
-                .map_err(|_| unavailable("lookup waited too long for the reader connection"))?;
-            let client = slot.get(|| self.connect()).await?;
-            let seq = self.permutation.invert(number.code());
-            let row = match tokio::time::timeout(
-                self.timeout * 4,
-                client.query_opt(
-                    &format!("SELECT {COLUMNS} FROM tracking_numbers WHERE seq = $1"),
-                    &[&(seq as i64)],
-                ),
-            )
-            .await
-            {
-                Ok(Ok(row)) => row,
-                failed => {
-                    // A connection that timed out or failed may be dead without TCP noticing:
-                    // the next lookup opens a new one.
-                    slot.reset();
-                    return Err(match failed {
-                        Ok(Err(e)) => pg_error(e),
-                        _ => unavailable("lookup timed out"),
-                    });
-                }
-            };
-            // The same sequence with other country codes is another number, never issued.
-            let row = row.filter(|r| r.get::<_, &str>(1) == number.as_str());
-            if let Some(row) = row {
-                let weight: i32 = row.get(7);
-                let record = Record {
-                    seq,
-                    number: *number,
-                    customer_id: row.get(2),
-                    customer_name: row.get(3),
-                    customer_slug: row.get(4),
-                    weight_grams: weight as u32,
-                    order_created_at: row.get(8),
-                    issued_at: row.get(9),
-                };
-                return Ok(Lookup::Found(record.to_json()));
-            }
-            let expired = client
-                .query_opt(
-                    "SELECT at FROM trackd_records_meta WHERE name = 'expired_before'",
-                    &[],
-                )
-                .await
-                .map_err(pg_error)?;
-            Ok(Lookup::Missing {
-                expired_before: expired.map(|r| r.get(0)),
+            self.reading(move |client| {
+                Box::pin(async move {
+                    match select(client, &p, &number).await? {
+                        Some(record) => Ok(Lookup::Found(record.to_json())),
+                        None => Ok(Lookup::Missing {
+                            expired_before: expired_before(client).await?,
+                        }),
+                    }
+                })
             })
+            .await
+        })
+    }
+
+    fn void<'a>(&'a self, number: &'a TrackingNumber, void: Void) -> SinkFuture<'a, Voiding> {
+        let (p, number) = (self.permutation.clone(), *number);
+        Box::pin(async move {
+            self.reading(move |client| {
+                Box::pin(async move {
+                    let seq = p.invert(number.code()) as i64;
+                    // One statement: of concurrent voids, exactly one finds it not voided yet.
+                    let updated = client
+                        .query_opt(
+                            &format!(
+                                "UPDATE tracking_numbers SET voided_at = $3, void_reason = $4 \
+                                 WHERE seq = $1 AND tracking_number = $2 AND voided_at IS NULL \
+                                 RETURNING {SELECTED}"
+                            ),
+                            &[&seq, &number.as_str(), &void.at, &void.reason],
+                        )
+                        .await
+                        .map_err(pg_error)?;
+                    if let Some(row) = updated {
+                        return Ok(Voiding::Voided(row_record(&row, number)));
+                    }
+                    Ok(match select(client, &p, &number).await? {
+                        Some(record) => Voiding::Already(record),
+                        None => Voiding::Missing {
+                            expired_before: expired_before(client).await?,
+                        },
+                    })
+                })
+            })
+            .await
         })
     }
 

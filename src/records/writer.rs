@@ -506,6 +506,14 @@ mod tests {
             Box::pin(async { Err(SinkError::Unavailable("down".into())) })
         }
 
+        fn void<'a>(
+            &'a self,
+            _: &'a TrackingNumber,
+            _: crate::records::Void,
+        ) -> SinkFuture<'a, crate::records::Voiding> {
+            Box::pin(async { Err(SinkError::Unavailable("down".into())) })
+        }
+
         fn expire(&self, _: time::OffsetDateTime) -> SinkFuture<'_, u64> {
             Box::pin(async { Err(SinkError::Unavailable("down".into())) })
         }

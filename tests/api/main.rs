@@ -5,6 +5,7 @@
 
 mod conformance;
 mod helpers;
+mod lifecycle;
 mod ops;
 mod policy;
 mod records;

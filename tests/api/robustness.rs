@@ -189,6 +189,7 @@ fn record(seq: u64, issued_at: time::OffsetDateTime) -> Record {
         weight_grams: 1_000,
         order_created_at: None,
         issued_at,
+        voided: None,
     }
 }
 

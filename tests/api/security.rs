@@ -19,6 +19,7 @@ struct Clients {
     issuer: String,
     reader: String,
     insurer: String,
+    voider: String,
     entries: Vec<String>,
 }
 
@@ -26,11 +27,13 @@ fn clients() -> Clients {
     let (issuer, a) = new_key("issuer", &[Scope::Issue]).unwrap();
     let (reader, b) = new_key("reader", &[Scope::Lookup]).unwrap();
     let (insurer, c) = new_key("insurer", &[Scope::Policy]).unwrap();
+    let (voider, d) = new_key("voider", &[Scope::Void]).unwrap();
     Clients {
         issuer,
         reader,
         insurer,
-        entries: vec![a, b, c],
+        voider,
+        entries: vec![a, b, c, d],
     }
 }
 
@@ -126,6 +129,14 @@ async fn every_route_family_needs_a_key_with_its_scope() {
             &c.insurer,
             &c.issuer,
             "data",
+        ),
+        (
+            "POST",
+            format!("{lookup}/void"),
+            Some(json!({"reason": "cancelled"})),
+            &c.voider,
+            &c.reader,
+            "detail",
         ),
     ];
     for (method, path, body, good, other, shape) in &cases {
