@@ -157,6 +157,9 @@ impl TempDir {
         let dir =
             std::env::temp_dir().join(format!("trackd-bench-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
+        // trackd refuses a data directory that other users can read.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .expect("temp dir mode");
         Self(dir)
     }
 }

@@ -16,6 +16,7 @@ pub type Target = fn(&[u8]);
 /// Every target, by name, as the fuzzers and the regression tests call them.
 pub const TARGETS: &[(&str, Target)] = &[
     ("query", query),
+    ("instant", instant),
     ("run_body", run_body),
     ("tracking_number", tracking_number),
     ("route", route),
@@ -24,11 +25,21 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("idempotency_entry", idempotency_entry),
 ];
 
-/// A query string: decoded, its order validated; a valid order renders its answer and its
-/// fingerprint, and its instant can be written back.
+/// A query string: decoded (the one-pass decoder of the GET agreeing with the pair-by-pair
+/// one), its order validated; a valid order renders its answer and its fingerprint, and its
+/// instant can be written back.
 pub fn query(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let fields = OrderFields::from_pairs(form::pairs(Some(&text)));
+    assert!(
+        form::pairs_by_components(&text).eq(form::pairs(Some(&text))),
+        "the one-pass scan splits as the pairs do"
+    );
+    assert_eq!(
+        OrderFields::from_query(Some(&text)),
+        fields,
+        "the one-pass decoder reads what the pairs say"
+    );
     if let Ok(order) = Order::try_from(fields) {
         check_order(&order);
     }
@@ -52,6 +63,25 @@ fn check_order(order: &Order) {
     };
     let body = crate::issue::receipt::single(order, &issued);
     assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok());
+}
+
+/// An RFC 3339 instant: the hand-written parser agrees with the `time` crate's wherever it
+/// answers, and whatever is accepted writes back to the same instant (to the microsecond).
+pub fn instant(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Some(t) = rfc3339::parse_common(&text) {
+        let full =
+            time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339);
+        assert_eq!(Some(t), full.ok(), "{text}");
+    }
+    if let Ok(t) = rfc3339::parse(&text) {
+        let written = rfc3339::format_micros(t);
+        let back = rfc3339::parse(&written).expect("what is written reads back");
+        assert_eq!(
+            back.unix_timestamp_nanos() / 1000,
+            t.unix_timestamp_nanos().div_euclid(1000)
+        );
+    }
 }
 
 /// The label-run POST's JSON body.

@@ -11,7 +11,7 @@ use crate::policy::export::{self, DumpFormat, DumpRow};
 use crate::policy::model::{self, PolicyDetailJson, Timestamp};
 use crate::support::form::{Param, Query};
 use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::StreamBody;
 use hyper::body::Frame;
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
@@ -58,32 +58,47 @@ fn id(raw: &str, name: &str) -> Result<i64, ApiError> {
     parse_id(raw).ok_or_else(|| bad_id(name))
 }
 
-/// Answers one of the customer-insurance routes (method and key already checked).
-pub async fn handle(route: Route<'_>, parts: &Parts, state: &AppState) -> Handled {
-    let policy = &state.policy;
-    // A guard, not an `Arc` clone: no shared reference-count traffic on the lookup routes.
-    let guard = policy.cache.guard();
-    let Some(snap) = guard.as_ref() else {
+/// The published snapshot, or the 503 of a cache not loaded yet.
+fn loaded(state: &AppState) -> Result<arc_swap::Guard<Option<Arc<Snapshot>>>, ApiError> {
+    let guard = state.policy.cache.guard();
+    if guard.is_none() {
         return Err(ApiError::Policy(
             StatusCode::SERVICE_UNAVAILABLE,
             "The policy cache has not been loaded yet; retry shortly.".into(),
         ));
+    }
+    Ok(guard)
+}
+
+/// Answers the lookup routes (`user_list/`, `user_policy/`, `policy_detail/`) from the
+/// snapshot, at once; method and key already checked.
+pub fn lookup(route: Route<'_>, parts: &Parts, state: &AppState) -> Handled {
+    // A guard, not an `Arc` clone: no shared reference-count traffic on the lookup routes.
+    let guard = loaded(state)?;
+    let Some(snap) = guard.as_ref() else {
+        return Err(ApiError::NoRoute);
     };
     match route {
         Route::UserList => user_list(parts.uri.query(), snap, state),
         Route::UserPolicy(raw) => user_policy(snap, id(raw, "user_id")?),
         Route::PolicyDetail(raw) => policy_detail(snap, id(raw, "policy_id")?),
-        Route::Dump(raw, format) => {
-            // The dump may wait for the blocking pool: hold an `Arc`, not the guard.
-            let snap = Arc::clone(snap);
-            drop(guard);
-            let user = id(raw, "user_id")?;
-            let format = DumpFormat::parse(format)
-                .ok_or_else(|| bad_request("format must be one of: csv, json, xlsx."))?;
-            dump(snap, user, format).await
-        }
         _ => Err(ApiError::NoRoute),
     }
+}
+
+/// Answers `user_policy_dump/<user_id>/<format>/` (it may wait for the blocking pool).
+pub async fn dump_route(route: Route<'_>, state: &AppState) -> Handled {
+    let Route::Dump(raw, format) = route else {
+        return Err(ApiError::NoRoute);
+    };
+    // The dump may wait for the blocking pool: hold an `Arc`, not the guard.
+    let Some(snap) = loaded(state)?.as_ref().map(Arc::clone) else {
+        return Err(ApiError::NoRoute);
+    };
+    let user = id(raw, "user_id")?;
+    let format = DumpFormat::parse(format)
+        .ok_or_else(|| bad_request("format must be one of: csv, json, xlsx."))?;
+    dump(snap, user, format).await
 }
 
 fn user_not_found(id: i64) -> ApiError {
@@ -214,7 +229,7 @@ fn stream_all_users(snap: Arc<Snapshot>) -> Response<Body> {
         started: false,
         finished: false,
     };
-    let body = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
+    let body = Body::stream(StreamBody::new(futures_util::stream::iter(chunks)));
     let mut r = Response::new(body);
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1,18 +1,64 @@
 //! Response building: the boxed body type and JSON bodies in the contract's shapes.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, combinators::BoxBody};
+use hyper::body::{Frame, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-/// Every response body: a full buffer or a stream, boxed so routes can choose.
-pub type Body = BoxBody<Bytes, std::io::Error>;
+/// Every response body: a buffer (no allocation beyond its bytes: most answers), or a stream.
+pub enum Body {
+    Full(Option<Bytes>),
+    Stream(BoxBody<Bytes, std::io::Error>),
+}
+
+impl Body {
+    /// A streamed body.
+    pub fn stream(
+        body: impl hyper::body::Body<Data = Bytes, Error = std::io::Error> + Send + Sync + 'static,
+    ) -> Self {
+        Body::Stream(body.boxed())
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
+            Body::Stream(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            Body::Stream(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Stream(s) => s.size_hint(),
+        }
+    }
+}
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Body::Full(Some(bytes.into()))
 }
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");

@@ -1,6 +1,13 @@
-//! Dispatch: the request's [`Route`] (parsed once), its method check, the handler, and the
-//! one error path; `Connection: close` on every HTTP/1 response once the server is draining. Every
-//! request is observed (metrics, access log, `X-Request-Id`) by [`super::observe`].
+//! Dispatch: the request's [`Route`] (parsed once), its method check, the key's scope, the
+//! handler, and the one error path; `Connection: close` on every HTTP/1 response once the
+//! server is draining. Every request is observed (metrics, access log, `X-Request-Id`) by
+//! [`super::observe`].
+//!
+//! A request that can be answered without waiting (a number in hand, a policy lookup, the
+//! operations routes) is answered while hyper hands it over: no future is polled, and the
+//! request's buffer is released before hyper reads the next one. The rest (label runs,
+//! lookups in the record store, voids, dumps, keyed or durable issuing, an empty allocator)
+//! is answered by a future that owns what it needs.
 
 use super::error::{ApiError, Handled};
 use super::observe::Observation;
@@ -12,15 +19,71 @@ use super::{ops, policy, tracking};
 use crate::auth::Denied;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
+use hyper::http::request::Parts;
 use hyper::{Request, Response};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-pub async fn handle(req: Request<Incoming>, state: &AppState, side: Side) -> Response<Body> {
+/// The answer to a request: ready, or to come.
+pub enum Reply {
+    Ready(Option<Response<Body>>),
+    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+impl Future for Reply {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Reply::Ready(r) => Poll::Ready(Ok(r.take().expect("a reply is polled once ready"))),
+            Reply::Later(f) => f.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+/// What a request needs that cannot be done at once.
+pub enum Later {
+    /// The route's async handler, for the key's client.
+    Dispatch { client: Option<String> },
+    /// A parsed order to issue a number for, the async way (with its key, or waiting).
+    Issue(Box<tracking::Pending>),
+}
+
+pub fn handle(req: Request<Incoming>, state: &Arc<AppState>, side: Side) -> Reply {
     let (parts, body) = req.into_parts();
     // HTTP/2 has no `Connection` header: a draining server sends GOAWAY instead.
     let http1 = parts.version < hyper::Version::HTTP_2;
     let route = Route::parse(parts.uri.path());
     let observation = Observation::start(&parts, route);
-    let mut resp = match dispatch(route, &parts, body, state, side).await {
+    match now(route, &parts, state, side) {
+        Ok(handled) => Reply::Ready(Some(complete(handled, observation, state, http1))),
+        Err(later) => {
+            let state = Arc::clone(state);
+            Reply::Later(Box::pin(async move {
+                let route = Route::parse(parts.uri.path());
+                let handled = match later {
+                    Later::Dispatch { client } => {
+                        dispatch(route, &parts, body, client.as_deref(), &state).await
+                    }
+                    Later::Issue(pending) => tracking::issue_later(pending, &state).await,
+                };
+                complete(handled, observation, &state, http1)
+            }))
+        }
+    }
+}
+
+/// The response of a handled request, observed.
+fn complete(
+    handled: Handled,
+    observation: Observation,
+    state: &AppState,
+    http1: bool,
+) -> Response<Body> {
+    let mut resp = match handled {
         Ok(r) => r,
         Err(e) => e.into_response(state.retry_after_secs),
     };
@@ -32,23 +95,19 @@ pub async fn handle(req: Request<Incoming>, state: &AppState, side: Side) -> Res
     resp
 }
 
-async fn dispatch(
-    route: Route<'_>,
-    parts: &hyper::http::request::Parts,
-    body: Incoming,
-    state: &AppState,
-    side: Side,
-) -> Handled {
+/// Checks the request (URI length, listener, method, key) and answers it if that needs no
+/// waiting; else says what is left to do.
+fn now(route: Route<'_>, parts: &Parts, state: &AppState, side: Side) -> Result<Handled, Later> {
     let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > state.max_uri_bytes {
-        return Err(ApiError::Status(
+        return Ok(Err(ApiError::Status(
             hyper::StatusCode::URI_TOO_LONG,
             format!(
                 "Request URI is too long: {uri_len} bytes, at most {}.",
                 state.max_uri_bytes
             )
             .into(),
-        ));
+        )));
     }
     // The operations listener answers operations only; the public one, no metrics.
     let served = match side {
@@ -56,10 +115,10 @@ async fn dispatch(
         Side::Public => !matches!(route, Route::Metrics | Route::Unmatched),
     };
     if !served {
-        return Err(ApiError::NoRoute);
+        return Ok(Err(ApiError::NoRoute));
     }
     if !route.allows(&parts.method) {
-        return Err(ApiError::Method(parts.method.clone(), route.allow()));
+        return Ok(Err(ApiError::Method(parts.method.clone(), route.allow())));
     }
     // Before anything is read or issued: the key and its scope.
     let client = match route.scope() {
@@ -72,26 +131,47 @@ async fn dispatch(
             {
                 Ok(client) => client,
                 Err(Denied::Unauthenticated) => {
-                    return Err(ApiError::Unauthenticated(route.shape()));
+                    return Ok(Err(ApiError::Unauthenticated(route.shape())));
                 }
                 Err(Denied::Forbidden { scope, .. }) => {
-                    return Err(ApiError::Forbidden(route.shape(), scope));
+                    return Ok(Err(ApiError::Forbidden(route.shape(), scope)));
                 }
             }
         }
     };
     match route {
-        Route::NextTrackingNumber => tracking::next_tracking_number(parts, client, state).await,
+        Route::NextTrackingNumber => {
+            tracking::next_tracking_number(parts, client, state).map_err(Later::Issue)
+        }
+        Route::Healthz => Ok(Ok(ops::liveness(state))),
+        Route::Readyz => Ok(Ok(ops::readiness(state, side == Side::Admin))),
+        Route::Metrics => Ok(Ok(ops::metrics(state))),
+        Route::OpenApi => Ok(Ok(ops::openapi())),
+        Route::UserList | Route::UserPolicy(_) | Route::PolicyDetail(_) => {
+            Ok(policy::lookup(route, parts, state))
+        }
+        Route::Unmatched => Ok(Err(ApiError::NoRoute)),
+        Route::IssueRun | Route::Lookup(_) | Route::Void(_) | Route::Dump(..) => {
+            Err(Later::Dispatch {
+                client: client.map(str::to_owned),
+            })
+        }
+    }
+}
+
+/// The routes that wait (for a body, a store or the blocking pool); checks already passed.
+async fn dispatch(
+    route: Route<'_>,
+    parts: &Parts,
+    body: Incoming,
+    client: Option<&str>,
+    state: &AppState,
+) -> Handled {
+    match route {
         Route::IssueRun => tracking::issue_run(parts, body, client, state).await,
         Route::Lookup(number) => tracking::lookup(number, state).await,
         Route::Void(number) => tracking::void(number, parts, body, client, state).await,
-        Route::Healthz => Ok(ops::liveness(state)),
-        Route::Readyz => Ok(ops::readiness(state, side == Side::Admin)),
-        Route::Metrics => Ok(ops::metrics(state)),
-        Route::OpenApi => Ok(ops::openapi()),
-        Route::UserList | Route::UserPolicy(_) | Route::PolicyDetail(_) | Route::Dump(..) => {
-            policy::handle(route, parts, state).await
-        }
-        Route::Unmatched => Err(ApiError::NoRoute),
+        Route::Dump(..) => policy::dump_route(route, state).await,
+        _ => Err(ApiError::NoRoute),
     }
 }

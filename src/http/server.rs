@@ -8,7 +8,6 @@ use crate::config::ServerSettings;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -163,13 +162,9 @@ async fn serve_connection(
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(ActivityStream {
         inner: stream,
-        started,
         activity: Arc::clone(&activity),
     });
-    let svc = service_fn(move |req| {
-        let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(router::handle(req, &state, side).await) }
-    });
+    let svc = service_fn(move |req| router::handle(req, &state, side));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -193,8 +188,13 @@ async fn serve_connection(
     } else {
         Instant::now() + far
     };
-    let check_every = limits.idle_timeout.min(limits.write_timeout);
-    let mut check_at = started + check_every;
+    // The stream counts its reads and blocked writes (no clock on the request path); a
+    // check every `tick` tells from the counts how long nothing was read, or a write has
+    // waited. A limit is thus enforced within a quarter more than itself.
+    let tick = (limits.idle_timeout.min(limits.write_timeout) / 4).max(Duration::from_millis(10));
+    let mut check_at = started + tick;
+    let (mut reads_seen, mut idle_since) = (0, started);
+    let (mut blocked_seen, mut blocked_since) = (0, None::<Instant>);
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -214,61 +214,67 @@ async fn serve_connection(
                 closing = true;
             }
             _ = tokio::time::sleep_until(check_at) => {
-                let at = |ms: u64| started + Duration::from_millis(ms);
-                let blocked = activity.write_blocked_since.load(Ordering::Relaxed);
-                if blocked != 0 && at(blocked).elapsed() >= limits.write_timeout {
-                    // The client stopped reading its response: nothing more can be sent.
-                    tracing::debug!("closing a connection whose client stopped reading");
-                    return;
+                let now = Instant::now();
+                let blocked = activity.blocked.load(Ordering::Relaxed);
+                // Odd: a write is waiting; the same count as last time: the same write.
+                if blocked % 2 == 1 {
+                    let since = match blocked_since {
+                        Some(t) if blocked == blocked_seen => t,
+                        _ => now,
+                    };
+                    if now - since >= limits.write_timeout {
+                        // The client stopped reading its response: nothing more can be sent.
+                        tracing::debug!("closing a connection whose client stopped reading");
+                        return;
+                    }
+                    blocked_since = Some(since);
+                } else {
+                    blocked_since = None;
                 }
-                let last = at(activity.last_read.load(Ordering::Relaxed));
-                if !closing && last.elapsed() >= limits.idle_timeout {
+                blocked_seen = blocked;
+                let reads = activity.reads.load(Ordering::Relaxed);
+                if reads != reads_seen {
+                    (reads_seen, idle_since) = (reads, now);
+                }
+                if !closing && now - idle_since >= limits.idle_timeout {
                     // Lets a request in progress finish, closes an idle connection at once.
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                check_at = Instant::now() + check_every;
+                check_at = now + tick;
             }
         }
     }
 }
 
-/// What a connection's stream saw last, in milliseconds since the connection started.
+/// What a connection's stream did, as counts: reads that brought bytes, and writes that had
+/// to wait (odd while one waits, even once it went through).
 #[derive(Default)]
 struct Activity {
-    last_read: AtomicU64,
-    /// Since when a write has been waiting for the client to read (0: none waits).
-    write_blocked_since: AtomicU64,
+    reads: AtomicU64,
+    blocked: AtomicU64,
 }
 
-/// A TCP stream that records when it last read bytes (for the idle timeout) and since when a
-/// write waits for the client (for the write timeout).
+/// Adds one to a count only the stream writes (no read-modify-write instruction needed: the
+/// connection's task is its only writer, and its checker only reads).
+fn bump(count: &AtomicU64) {
+    count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
+/// A TCP stream that counts its reads (for the idle timeout) and its blocked writes (for the
+/// write timeout).
 struct ActivityStream {
     inner: TcpStream,
-    started: Instant,
     activity: Arc<Activity>,
 }
 
 impl ActivityStream {
-    fn now_ms(&self) -> u64 {
-        // Never 0, which means "not blocked".
-        (self.started.elapsed().as_millis() as u64).max(1)
-    }
-
     /// Notes whether a write went through or has to wait for the client.
     fn wrote<T>(&self, res: &Poll<T>) {
-        let blocked = &self.activity.write_blocked_since;
-        match res {
-            Poll::Pending => {
-                if blocked.load(Ordering::Relaxed) == 0 {
-                    blocked.store(self.now_ms(), Ordering::Relaxed);
-                }
-            }
-            Poll::Ready(_) => {
-                if blocked.load(Ordering::Relaxed) != 0 {
-                    blocked.store(0, Ordering::Relaxed);
-                }
-            }
+        let blocked = &self.activity.blocked;
+        let waiting = blocked.load(Ordering::Relaxed) % 2 == 1;
+        if res.is_pending() != waiting {
+            bump(blocked);
         }
     }
 }
@@ -283,8 +289,7 @@ impl AsyncRead for ActivityStream {
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            let now = this.now_ms();
-            this.activity.last_read.store(now, Ordering::Relaxed);
+            bump(&this.activity.reads);
         }
         res
     }

@@ -9,9 +9,10 @@ use super::response::Body;
 use super::state::AppState;
 use crate::idempotency::Key;
 use crate::issue::void::{RECORDS_DOWN, VoidOutcome};
-use crate::issue::{Count, MAX_COUNT, Outcome, Request};
+use crate::issue::{Count, MAX_COUNT, Now, Outcome, Request};
 use crate::records::{Lookup, MAX_VOID_REASON, RecordSink};
-use crate::support::{form, rfc3339};
+use crate::support::rfc3339;
+use crate::tracking::Issued;
 use crate::tracking::number::TrackingNumber;
 use crate::tracking::order::{FieldErrors, Order, OrderFields, Raw};
 use bytes::Bytes;
@@ -31,22 +32,63 @@ static REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 /// Largest accepted `POST /api/tracking-numbers` body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// `GET /api/next-tracking-number/`, for `client` (the API key's, when keys are configured).
-pub async fn next_tracking_number(
+/// A GET that could not be answered at once: its order, key, and any number already taken
+/// for it.
+pub struct Pending {
+    order: Order,
+    key: Option<Key>,
+    taken: Option<Issued>,
+}
+
+/// `GET /api/next-tracking-number/`, for `client` (the API key's, when keys are configured):
+/// answered at once in the steady state (no key, a number in hand, records off or async),
+/// else left [`Pending`] for [`issue_later`].
+pub fn next_tracking_number(
     parts: &Parts,
     client: Option<&str>,
     state: &AppState,
-) -> Handled {
-    let order = Order::try_from(OrderFields::from_pairs(form::pairs(parts.uri.query())))?;
-    let key = idempotency_key(&parts.headers, client)?;
-    let outcome = state
-        .issuer
-        .issue(Request {
-            order: &order,
-            count: Count::Single,
+) -> Result<Handled, Box<Pending>> {
+    let order = match Order::try_from(OrderFields::from_query(parts.uri.query())) {
+        Ok(order) => order,
+        Err(errors) => return Ok(Err(ApiError::Fields(errors))),
+    };
+    let key = match idempotency_key(&parts.headers, client) {
+        Ok(key) => key,
+        Err(e) => return Ok(Err(e)),
+    };
+    if key.is_some() {
+        return Err(Box::new(Pending {
+            order,
             key,
-        })
-        .await;
+            taken: None,
+        }));
+    }
+    match state.issuer.issue_now(&order) {
+        Now::Done(outcome) => Ok(answer(outcome)),
+        Now::Wait(taken) => Err(Box::new(Pending {
+            order,
+            key: None,
+            taken,
+        })),
+    }
+}
+
+/// The rest of a [`Pending`] GET: with its key, waiting for a block, a commit or room in the
+/// record queue.
+pub async fn issue_later(p: Box<Pending>, state: &AppState) -> Handled {
+    let outcome = match p.taken {
+        Some(issued) => state.issuer.record_taken(&p.order, issued).await,
+        None => {
+            state
+                .issuer
+                .issue(Request {
+                    order: &p.order,
+                    count: Count::Single,
+                    key: p.key,
+                })
+                .await
+        }
+    };
     answer(outcome)
 }
 

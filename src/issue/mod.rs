@@ -13,7 +13,7 @@ pub mod receipt;
 pub mod void;
 
 use crate::idempotency::{Begin, Held, Idempotency, Key, Promise};
-use crate::records::writer::Recorder;
+use crate::records::writer::{Mode, Recorder};
 use crate::tracking::order::Order;
 use crate::tracking::{Issued, TrackingService};
 use std::sync::Arc;
@@ -46,6 +46,16 @@ pub struct Request<'a> {
     pub count: Count,
     /// The request's `Idempotency-Key`, if it sent one.
     pub key: Option<Key>,
+}
+
+/// What [`Issuer::issue_now`] did.
+#[derive(Debug)]
+pub enum Now {
+    /// Answered.
+    Done(Outcome),
+    /// Not without waiting: issue the async way, or, with a number already taken for the
+    /// request, record it ([`Issuer::record_taken`]).
+    Wait(Option<Issued>),
 }
 
 /// How a request was answered.
@@ -132,6 +142,45 @@ impl Issuer {
         key: Option<Key>,
     ) -> void::VoidOutcome {
         void::void(records, &self.keys, self.key_wait, number, reason, key).await
+    }
+
+    /// Answers a request without a key at once, when nothing needs waiting for: a number in
+    /// hand, and its record queued (or records off).
+    pub fn issue_now(&self, order: &Order) -> Now {
+        if self
+            .recorder
+            .as_ref()
+            .is_some_and(|r| r.mode() == Mode::Durable)
+        {
+            return Now::Wait(None);
+        }
+        let Some(issued) = self.numbers.try_issue(order) else {
+            return Now::Wait(None);
+        };
+        let Some(recorder) = &self.recorder else {
+            return Now::Done(Outcome::Created(receipt::single(order, &issued)));
+        };
+        match recorder.try_enqueue(order, std::slice::from_ref(&issued)) {
+            Ok(true) => Now::Done(Outcome::Created(receipt::single(order, &issued))),
+            Ok(false) => Now::Wait(Some(issued)),
+            Err(e) => {
+                // Not queued: the number is skipped, never reissued.
+                tracing::warn!(error = %e, "number not recorded: not issued");
+                Now::Done(Outcome::Unavailable(Unavailable::NotRecorded))
+            }
+        }
+    }
+
+    /// Queues the record of a number [`Issuer::issue_now`] took (waiting for room in the
+    /// queue), then answers it.
+    pub async fn record_taken(&self, order: &Order, issued: Issued) -> Outcome {
+        if let Some(recorder) = &self.recorder
+            && let Err(e) = recorder.enqueue(order, std::slice::from_ref(&issued)).await
+        {
+            tracing::warn!(error = %e, "number not recorded: not issued");
+            return Outcome::Unavailable(Unavailable::NotRecorded);
+        }
+        Outcome::Created(receipt::single(order, &issued))
     }
 
     /// Answers a request: once per `Idempotency-Key` (a retry gets the first answer), or

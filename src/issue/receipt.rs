@@ -8,11 +8,20 @@ use crate::tracking::Issued;
 use crate::tracking::order::Order;
 use serde::Serialize;
 
-/// The GET's body: one number.
+/// The length of every GET body: each value has a fixed width.
+const SINGLE_LEN: usize = r#"{"tracking_number":"","customer_id":"","origin_country_id":"","destination_country_id":"","created_at":""}"#.len()
+    + crate::tracking::number::LEN
+    + 36
+    + 2
+    + 2
+    + rfc3339::WRITTEN_LEN;
+
+/// The GET's body: one number. Exactly as long as its buffer, so that it becomes the
+/// response's bytes without another allocation.
 pub fn single(order: &Order, issued: &Issued) -> Vec<u8> {
     let mut uuid_buf = uuid::Uuid::encode_buffer();
     let customer_id = order.customer_id.hyphenated().encode_lower(&mut uuid_buf);
-    let mut b = Vec::with_capacity(192);
+    let mut b = Vec::with_capacity(SINGLE_LEN);
     b.extend_from_slice(b"{\"tracking_number\":\"");
     b.extend_from_slice(issued.number.as_str().as_bytes());
     b.extend_from_slice(b"\",\"customer_id\":\"");
@@ -24,6 +33,7 @@ pub fn single(order: &Order, issued: &Issued) -> Vec<u8> {
     b.extend_from_slice(b"\",\"created_at\":\"");
     rfc3339::write_micros(&mut b, issued.issued_at);
     b.extend_from_slice(b"\"}");
+    debug_assert_eq!(b.len(), SINGLE_LEN);
     b
 }
 

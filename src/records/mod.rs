@@ -169,8 +169,7 @@ impl Record {
 }
 
 fn micros(t: OffsetDateTime) -> i64 {
-    // Floor, not truncation: instants before 1970 keep their microsecond.
-    t.unix_timestamp_nanos().div_euclid(1000) as i64
+    rfc3339::unix_micros(t)
 }
 
 fn from_micros(us: i64) -> Option<OffsetDateTime> {

@@ -270,6 +270,12 @@ impl Recorder {
         }))
     }
 
+    /// Queues the records if the queue has room now (false: full); never waits. For async
+    /// mode: a durable request needs its commit ([`Recorder::enqueue`]).
+    pub fn try_enqueue(&self, order: &Order, issued: &[Issued]) -> Result<bool, RecordError> {
+        Ok(matches!(self.try_push(order, issued)?, Pushed::Queued(_)))
+    }
+
     /// Waits for a commit until the request's deadline (one `wait_timeout` from its first
     /// wait); `NotCommitted` after it: the records stay queued and are written later.
     pub async fn committed(&self, commit: Commit) -> Result<(), RecordError> {

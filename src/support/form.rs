@@ -36,6 +36,114 @@ pub fn pairs(raw: Option<&str>) -> impl Iterator<Item = (Cow<'_, str>, Value<'_>
         })
 }
 
+/// [`pairs`] through [`Components`] (the fuzzers check that the two agree).
+pub fn pairs_by_components(raw: &str) -> impl Iterator<Item = (Cow<'_, str>, Value<'_>)> {
+    Components::new(raw).filter_map(|c| Some((decode(c.key).ok()?, decode(c.value))))
+}
+
+/// One `key=value` component of a query string, as sent, with whether each part needs
+/// decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Component<'a> {
+    pub key: &'a str,
+    pub value: &'a str,
+    pub key_encoded: bool,
+    pub value_encoded: bool,
+}
+
+/// The non-empty components of a query string, in order, found in one pass over its bytes
+/// (the separators and escapes looked up in a table): the raw form of [`pairs`].
+pub struct Components<'a> {
+    raw: &'a str,
+    at: usize,
+}
+
+impl<'a> Components<'a> {
+    pub fn new(raw: &'a str) -> Self {
+        Self { raw, at: 0 }
+    }
+}
+
+/// Bytes a query's scan stops at: 1 `&`, 2 `=`, 4 an escape (`%` or `+`).
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b'&' as usize] = 1;
+    t[b'=' as usize] = 2;
+    t[b'%' as usize] = 4;
+    t[b'+' as usize] = 4;
+    t
+};
+
+/// Whether any of the eight bytes of `w` is `&`, `=`, `%` or `+` (the classic test for a
+/// zero byte, applied to `w` xor each of them).
+#[inline(always)]
+fn any_special(w: u64) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let zero = |v: u64| v.wrapping_sub(LO) & !v & HI;
+    zero(w ^ (LO * b'&' as u64))
+        | zero(w ^ (LO * b'=' as u64))
+        | zero(w ^ (LO * b'%' as u64))
+        | zero(w ^ (LO * b'+' as u64))
+        != 0
+}
+
+impl<'a> Iterator for Components<'a> {
+    type Item = Component<'a>;
+
+    fn next(&mut self) -> Option<Component<'a>> {
+        let b = self.raw.as_bytes();
+        loop {
+            if self.at >= b.len() {
+                return None;
+            }
+            let start = self.at;
+            let mut eq = None;
+            let (mut key_encoded, mut value_encoded) = (false, false);
+            let mut i = start;
+            loop {
+                // The plain bytes between separators and escapes: eight at a time, then one
+                // by one up to the next byte of interest.
+                while let Some(w) = b.get(i..i + 8) {
+                    if any_special(u64::from_le_bytes(w.try_into().expect("8 bytes"))) {
+                        break;
+                    }
+                    i += 8;
+                }
+                while i < b.len() && CLASS[b[i] as usize] == 0 {
+                    i += 1;
+                }
+                if i == b.len() {
+                    break;
+                }
+                match CLASS[b[i] as usize] {
+                    1 => break,
+                    2 if eq.is_none() => eq = Some(i),
+                    4 if eq.is_none() => key_encoded = true,
+                    4 => value_encoded = true,
+                    _ => {}
+                }
+                i += 1;
+            }
+            self.at = i + 1;
+            if i == start {
+                continue; // an empty component (`&&`)
+            }
+            // Separators are ASCII: the slices are on character boundaries.
+            let (key, value) = match eq {
+                Some(e) => (&self.raw[start..e], &self.raw[e + 1..i]),
+                None => (&self.raw[start..i], ""),
+            };
+            return Some(Component {
+                key,
+                value,
+                key_encoded,
+                value_encoded,
+            });
+        }
+    }
+}
+
 impl<'a> Query<'a> {
     pub fn parse(raw: Option<&'a str>) -> Self {
         Self {
@@ -71,28 +179,53 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// Where the first escape (`%` or `+`) of a component is, if it has one.
+#[inline]
+fn first_escape(b: &[u8]) -> Option<usize> {
+    b.iter().position(|&c| c == b'%' || c == b'+')
+}
+
+/// Whether a component needs decoding at all.
+#[inline]
+pub fn is_encoded(s: &str) -> bool {
+    first_escape(s.as_bytes()).is_some()
+}
+
 /// Decodes one component. A `%` not followed by two hex digits is kept literally (as browsers
 /// and `form_urlencoded` do).
 pub fn decode(s: &str) -> Value<'_> {
-    if !s.bytes().any(|b| b == b'%' || b == b'+') {
-        return Ok(Cow::Borrowed(s));
-    }
     let b = s.as_bytes();
+    let Some(mut i) = first_escape(b) else {
+        return Ok(Cow::Borrowed(s));
+    };
     let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
+    out.extend_from_slice(&b[..i]);
     while i < b.len() {
         match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' => match (
+                b.get(i + 1).and_then(|&c| hex(c)),
+                b.get(i + 2).and_then(|&c| hex(c)),
+            ) {
                 (Some(h), Some(l)) => {
                     out.push(h << 4 | l);
-                    i += 2;
+                    i += 3;
                 }
-                _ => out.push(b'%'),
+                _ => {
+                    out.push(b'%');
+                    i += 1;
+                }
             },
-            c => out.push(c),
+            _ => {
+                // A run of plain bytes, copied at once.
+                let run = first_escape(&b[i..]).unwrap_or(b.len() - i);
+                out.extend_from_slice(&b[i..i + run]);
+                i += run;
+            }
         }
-        i += 1;
     }
     String::from_utf8(out)
         .map(Cow::Owned)
@@ -112,6 +245,54 @@ mod tests {
         assert_eq!(decode("%41").unwrap(), "A");
         assert_eq!(decode("plain").unwrap(), "plain");
         assert_eq!(decode("%FF%FE"), Err(InvalidUtf8));
+    }
+
+    #[test]
+    fn eight_bytes_at_a_time_finds_every_byte_of_interest() {
+        for at in 0..8 {
+            for c in [b'&', b'=', b'%', b'+'] {
+                let mut w = *b"abcdefgh";
+                w[at] = c;
+                assert!(any_special(u64::from_le_bytes(w)), "{c} at {at}");
+            }
+        }
+        for w in [*b"abcdefgh", [0xff; 8], [0; 8], *b"%%%%%%%%"] {
+            let expected = w.iter().any(|&c| CLASS[c as usize] != 0);
+            assert_eq!(any_special(u64::from_le_bytes(w)), expected, "{w:?}");
+        }
+        // Every byte value next to every other: no false positive or negative.
+        for x in 0..=255u8 {
+            for y in 0..=255u8 {
+                let w = [x, y, b'a', b'b', b'c', b'd', b'e', b'f'];
+                let expected = CLASS[x as usize] != 0 || CLASS[y as usize] != 0;
+                assert_eq!(any_special(u64::from_le_bytes(w)), expected, "{x} {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn components_split_as_pairs_do() {
+        for q in [
+            "a=1&b=2",
+            "&&a=1&&",
+            "a==1&=x&b",
+            "k%20ey=v%41l+ue&plain=x",
+            "a=1&a=2&%FF=3&c=%",
+            "",
+            "=",
+            "&",
+            "a+b=c=d&é=ü",
+            "origin_country_id=MY&destination_country_id=ID&weight=1.234&customer_name=Red%20Box",
+            "abcdefgh&abcdefghijklmnop=abcdefgh%abcdefgh+abcdefgh=abcdefgh",
+        ] {
+            let by_components: Vec<_> = pairs_by_components(q).collect();
+            let by_pairs: Vec<_> = pairs(Some(q)).collect();
+            assert_eq!(by_components, by_pairs, "{q}");
+            for c in Components::new(q) {
+                assert_eq!(c.key_encoded, is_encoded(c.key), "{q}");
+                assert_eq!(c.value_encoded, is_encoded(c.value), "{q}");
+            }
+        }
     }
 
     #[test]

@@ -149,14 +149,25 @@ impl TrackingService {
         ))
     }
 
+    /// Issues a number, waiting up to the wait timeout for a block if none is in hand.
     pub async fn issue(&self, order: &Order) -> Result<Issued, Unavailable> {
         let seq = self.allocator.take(self.wait_timeout).await?;
+        Ok(self.encode(order, seq))
+    }
+
+    /// Issues a number if one is in hand (the steady state), without waiting.
+    #[inline]
+    pub fn try_issue(&self, order: &Order) -> Option<Issued> {
+        self.allocator.try_take().map(|seq| self.encode(order, seq))
+    }
+
+    fn encode(&self, order: &Order, seq: u64) -> Issued {
         let code = self.permutation.permute(seq);
-        Ok(Issued {
+        Issued {
             seq,
             number: TrackingNumber::new(order.origin, order.destination, code),
             issued_at: OffsetDateTime::now_utc(),
-        })
+        }
     }
 
     pub fn allocator(&self) -> &Allocator {

@@ -40,16 +40,33 @@ pub fn decode_code(s: &[u8; CODE_LEN]) -> Option<u64> {
 /// ISO/IEC 7064 MOD 37,36 (hybrid system) check character over upper-case alphanumerics.
 /// Returns `None` if any character is outside `[0-9A-Z]`.
 pub fn check_char(data: &[u8]) -> Option<u8> {
-    const M: u32 = 36;
     let mut p = M;
     for &c in data {
-        let mut s = (p + digit_value(c)?) % M;
-        if s == 0 {
-            s = M;
-        }
-        p = (2 * s) % (M + 1);
+        p = mod_37_36_step(p, digit_value(c)?);
     }
-    Some(ALPHABET[((M + 1 - p) % M) as usize])
+    Some(check_of(p))
+}
+
+const M: u32 = 36;
+
+/// One step of MOD 37,36: `p` in `1..=36`, `d` a digit value below 36. `(p + d) mod 36`
+/// (with 0 read as 36) and then twice that mod 37, by subtraction: both sums are small.
+#[inline(always)]
+fn mod_37_36_step(p: u32, d: u32) -> u32 {
+    let mut s = p + d;
+    if s > M {
+        s -= M;
+    }
+    let mut p = 2 * s;
+    if p > M {
+        p -= M + 1;
+    }
+    p
+}
+
+#[inline(always)]
+fn check_of(p: u32) -> u8 {
+    ALPHABET[((M + 1 - p) % M) as usize]
 }
 
 /// Why a string is not a well-formed tracking number.
@@ -77,11 +94,23 @@ impl TrackingNumber {
         let mut b = [0u8; LEN];
         b[0..2].copy_from_slice(&origin.as_bytes());
         b[2..4].copy_from_slice(&destination.as_bytes());
-        let mut digits = [0u8; CODE_LEN];
-        encode_code(code, &mut digits);
-        b[4..15].copy_from_slice(&digits);
-        // All 15 characters are in the alphabet by construction.
-        b[15] = check_char(&b[..15]).unwrap_or(b'0');
+        // The code's digits, least significant first, and the check over all 15 characters.
+        let mut values = [0u32; CODE_LEN];
+        let mut v = code;
+        for d in &mut values {
+            *d = (v % 36) as u32;
+            v /= 36;
+        }
+        let mut p = M;
+        for &c in &b[..4] {
+            // Country codes are upper-case letters by construction.
+            p = mod_37_36_step(p, u32::from(c - b'A') + 10);
+        }
+        for (i, &d) in values.iter().rev().enumerate() {
+            b[4 + i] = ALPHABET[d as usize];
+            p = mod_37_36_step(p, d);
+        }
+        b[15] = check_of(p);
         Self(b)
     }
 
@@ -179,6 +208,17 @@ mod tests {
             );
         }
         assert_eq!(check_char(b"ab"), None);
+        // The check `new` computes along the encoding is the check of its 15 characters.
+        let mut code = 0x9e37_79b9u64;
+        for (o, d) in [("MY", "ID"), ("ZW", "AD"), ("US", "US")] {
+            for _ in 0..2000 {
+                code = code.wrapping_mul(6364136223846793005).wrapping_add(1) % CODE_SPACE;
+                let n = TrackingNumber::new(cc(o), cc(d), code);
+                let b = n.as_str().as_bytes();
+                assert_eq!(check_char(&b[..15]), Some(b[15]), "{n}");
+                assert_eq!(decode_code(b[4..15].try_into().unwrap()), Some(code));
+            }
+        }
     }
 
     #[test]

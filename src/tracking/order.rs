@@ -78,17 +78,32 @@ pub struct CustomerName(String);
 
 impl CustomerName {
     pub fn parse(s: &str) -> Result<Self, &'static str> {
+        Self::from_cow(Cow::Borrowed(s))
+    }
+
+    /// [`CustomerName::parse`], keeping a decoded value's own buffer when nothing is trimmed.
+    pub fn from_cow(s: Cow<'_, str>) -> Result<Self, &'static str> {
         let t = s.trim();
         if t.is_empty() {
             return Err("This field may not be blank.");
         }
-        if t.chars().count() > 255 {
+        // At most 255 characters: 255 bytes always are, and more than 4 × 255 never are.
+        if t.len() > 255 && (t.len() > 4 * 255 || t.chars().count() > 255) {
             return Err("Ensure this field has no more than 255 characters.");
         }
-        if t.chars().any(char::is_control) {
+        let control = if t.is_ascii() {
+            t.bytes().any(|c| c.is_ascii_control())
+        } else {
+            t.chars().any(char::is_control)
+        };
+        if control {
             return Err("Must not contain control characters.");
         }
-        Ok(Self(t.to_owned()))
+        if t.len() == s.len() {
+            Ok(Self(s.into_owned()))
+        } else {
+            Ok(Self(t.to_owned()))
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -102,23 +117,30 @@ pub struct CustomerSlug(String);
 
 impl CustomerSlug {
     pub fn parse(s: &str) -> Result<Self, &'static str> {
+        Self::from_cow(Cow::Borrowed(s))
+    }
+
+    /// [`CustomerSlug::parse`], keeping a decoded value's own buffer.
+    pub fn from_cow(s: Cow<'_, str>) -> Result<Self, &'static str> {
         if s.is_empty() {
             return Err("This field may not be blank.");
         }
         if s.len() > 255 {
             return Err("Ensure this field has no more than 255 characters.");
         }
-        let words_ok = s.split('-').all(|w| {
-            !w.is_empty()
-                && w.bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        });
+        // Words of lower-case letters and digits, joined by single hyphens.
+        let b = s.as_bytes();
+        let words_ok = b[0] != b'-'
+            && b[b.len() - 1] != b'-'
+            && b.iter()
+                .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+            && !b.windows(2).any(|w| w == b"--");
         if !words_ok {
             return Err(
                 "Enter a valid kebab-case slug: lower-case letters and digits, words separated by single hyphens (e.g. 'redbox-logistics').",
             );
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s.into_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -265,6 +287,37 @@ impl<'a> OrderFields<'a> {
         fields
     }
 
+    /// The fields of a query string: the same as `from_pairs(form::pairs(raw))`, in one pass
+    /// over its bytes ([`form::Components`]) that decodes the values of known fields only.
+    pub fn from_query(raw: Option<&'a str>) -> Self {
+        let mut fields = Self::default();
+        for c in form::Components::new(raw.unwrap_or("")) {
+            let slot = if c.key_encoded {
+                match form::decode(c.key) {
+                    Ok(k) => fields.field_mut(&k),
+                    Err(form::InvalidUtf8) => None,
+                }
+            } else {
+                fields.field_mut(c.key)
+            };
+            if let Some(slot) = slot {
+                let value = if c.value_encoded {
+                    form::decode(c.value)
+                } else {
+                    Ok(Cow::Borrowed(c.value))
+                };
+                *slot = match (&*slot, value) {
+                    (Raw::Missing, Ok(v)) => Raw::Value(v),
+                    (Raw::Missing, Err(form::InvalidUtf8)) => {
+                        Raw::Invalid("Must be valid UTF-8 text.")
+                    }
+                    _ => Raw::Invalid(REPEATED),
+                };
+            }
+        }
+        fields
+    }
+
     /// The field called `name`, if it is one of [`OrderFields::NAMES`].
     pub fn field_mut(&mut self, name: &str) -> Option<&mut Raw<'a>> {
         Some(match name {
@@ -288,12 +341,12 @@ impl TryFrom<OrderFields<'_>> for Order {
         let mut errors = FieldErrors::default();
 
         // Each field: the single raw value (or why there is none), then its parse.
-        fn field<T>(
+        fn field<'v, T>(
             errors: &mut FieldErrors,
             name: &'static str,
-            raw: &Raw<'_>,
+            raw: Raw<'v>,
             required: bool,
-            parse: impl FnOnce(&str) -> Result<T, String>,
+            parse: impl FnOnce(Cow<'v, str>) -> Result<T, String>,
         ) -> Option<T> {
             match raw {
                 Raw::Value(v) => parse(v).map_err(|m| errors.add(name, m)).ok(),
@@ -303,44 +356,45 @@ impl TryFrom<OrderFields<'_>> for Order {
                     None
                 }
                 Raw::Invalid(why) => {
-                    errors.add(name, *why);
+                    errors.add(name, why);
                     None
                 }
             }
         }
 
-        let country = |s: &str| {
-            CountryCode::parse(s)
-                .ok_or_else(|| format!("'{}' is not an ISO 3166-1 alpha-2 country code.", quote(s)))
+        let country = |s: Cow<'_, str>| {
+            CountryCode::parse(&s).ok_or_else(|| {
+                format!("'{}' is not an ISO 3166-1 alpha-2 country code.", quote(&s))
+            })
         };
         let origin = field(
             &mut errors,
             "origin_country_id",
-            &f.origin_country_id,
+            f.origin_country_id,
             true,
             country,
         );
         let destination = field(
             &mut errors,
             "destination_country_id",
-            &f.destination_country_id,
+            f.destination_country_id,
             true,
             country,
         );
-        let weight = field(&mut errors, "weight", &f.weight, true, |s| {
-            Weight::parse(s).map_err(String::from)
+        let weight = field(&mut errors, "weight", f.weight, true, |s| {
+            Weight::parse(&s).map_err(String::from)
         });
-        let created_at = field(&mut errors, "created_at", &f.created_at, false, |s| {
-            rfc3339::parse(s).map_err(String::from)
+        let created_at = field(&mut errors, "created_at", f.created_at, false, |s| {
+            rfc3339::parse(&s).map_err(String::from)
         });
-        let customer_id = field(&mut errors, "customer_id", &f.customer_id, true, |s| {
-            parse_customer_id(s).map_err(String::from)
+        let customer_id = field(&mut errors, "customer_id", f.customer_id, true, |s| {
+            parse_customer_id(&s).map_err(String::from)
         });
-        let customer_name = field(&mut errors, "customer_name", &f.customer_name, true, |s| {
-            CustomerName::parse(s).map_err(String::from)
+        let customer_name = field(&mut errors, "customer_name", f.customer_name, true, |s| {
+            CustomerName::from_cow(s).map_err(String::from)
         });
-        let customer_slug = field(&mut errors, "customer_slug", &f.customer_slug, true, |s| {
-            CustomerSlug::parse(s).map_err(String::from)
+        let customer_slug = field(&mut errors, "customer_slug", f.customer_slug, true, |s| {
+            CustomerSlug::from_cow(s).map_err(String::from)
         });
 
         match (

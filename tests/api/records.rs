@@ -342,6 +342,9 @@ async fn lookup_tells_a_typo_from_an_unknown_number() {
             "weight": "1.234",
             "order_created_at": "2018-11-20T11:29:32.000000Z",
             "created_at": record["created_at"],
+            "status": "issued",
+            "voided_at": null,
+            "void_reason": null,
         })
     );
     // Lower case is the same number.
