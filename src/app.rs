@@ -191,7 +191,12 @@ impl Application {
             .with(PolicyReadiness(Arc::clone(&policy.cache)));
         let state = Arc::new(AppState {
             keys: api_keys,
-            issuer: Issuer::new(numbers, recorder, keys, settings.records.wait_timeout),
+            issuer: Arc::new(Issuer::new(
+                numbers,
+                recorder,
+                keys,
+                settings.records.wait_timeout,
+            )),
             records: sink,
             policy,
             readiness,

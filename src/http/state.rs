@@ -15,7 +15,7 @@ pub struct AppState {
     /// The API keys (none: open).
     pub keys: Keys,
     /// Issues numbers (allocator, records, idempotency keys).
-    pub issuer: Issuer,
+    pub issuer: std::sync::Arc<Issuer>,
     /// Where records are read (lookups); `None` with `records.mode = "off"`.
     pub records: Option<Arc<dyn RecordSink>>,
     pub policy: PolicyService,

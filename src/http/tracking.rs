@@ -8,6 +8,7 @@ use super::response;
 use super::response::Body;
 use super::state::AppState;
 use crate::idempotency::Key;
+use crate::issue::run::Format;
 use crate::issue::void::{RECORDS_DOWN, VoidOutcome};
 use crate::issue::{Count, MAX_COUNT, Now, Outcome, Request};
 use crate::records::{Lookup, MAX_VOID_REASON, RecordSink};
@@ -85,6 +86,7 @@ pub async fn issue_later(p: Box<Pending>, state: &AppState) -> Handled {
                     order: &p.order,
                     count: Count::Single,
                     key: p.key,
+                    format: Format::Json,
                 })
                 .await
         }
@@ -109,6 +111,7 @@ pub async fn issue_run(
             order: &order,
             count: Count::Run(count),
             key,
+            format: run_format(&parts.headers),
         })
         .await;
     answer(outcome)
@@ -246,11 +249,46 @@ fn idempotency_key(headers: &HeaderMap, client: Option<&str>) -> Result<Option<K
 fn answer(outcome: Outcome) -> Handled {
     match outcome {
         Outcome::Created(body) => Ok(response::json_bytes(StatusCode::CREATED, body)),
+        Outcome::Stream(run) => {
+            let mut r = Response::new(Body::stream(run.body));
+            *r.status_mut() = StatusCode::CREATED;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(run.format.content_type()),
+            );
+            if run.replayed {
+                r.headers_mut()
+                    .insert(REPLAYED.clone(), HeaderValue::from_static("true"));
+            }
+            Ok(r)
+        }
         Outcome::Replayed { status, body } => Ok(replayed(status, body)),
         Outcome::KeyConflict => Err(key_conflict()),
         Outcome::KeyInProgress => Ok(key_in_progress()),
         Outcome::Unavailable(why) => Err(ApiError::Unavailable(why.to_string().into())),
     }
+}
+
+/// A label run's format from `Accept`: the first of `application/x-ndjson`, `text/csv` and
+/// JSON (`application/json`, `*/*`, `application/*`) it lists; JSON when it lists none.
+fn run_format(headers: &HeaderMap) -> Format {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Format::Json;
+    };
+    for range in accept.split(',') {
+        let essence = range.split(';').next().unwrap_or("").trim();
+        let is = |t: &str| essence.eq_ignore_ascii_case(t);
+        if is("application/x-ndjson") {
+            return Format::Ndjson;
+        }
+        if is("text/csv") {
+            return Format::Csv;
+        }
+        if is("application/json") || is("*/*") || is("application/*") {
+            return Format::Json;
+        }
+    }
+    Format::Json
 }
 
 /// A key's first answer, again.

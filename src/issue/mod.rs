@@ -10,6 +10,7 @@
 //! when they are).
 
 pub mod receipt;
+pub mod run;
 pub mod void;
 
 use crate::idempotency::{Begin, Held, Idempotency, Key, Promise};
@@ -20,14 +21,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest label run.
-pub const MAX_COUNT: u64 = 1000;
+pub const MAX_COUNT: u64 = 100_000;
+
+/// Largest label run answered as one buffered JSON body; longer ones, and runs asked for as
+/// lines, are streamed ([`run`]).
+pub const BUFFERED_MAX: u64 = 1000;
 
 /// How many numbers a request asks for, and so the shape of its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {
     /// One number, answered in the GET's shape.
     Single,
-    /// A label run of 1 to [`MAX_COUNT`] numbers, answered as a list.
+    /// A label run of 1 to [`MAX_COUNT`] numbers, answered as a list (streamed past
+    /// [`BUFFERED_MAX`] or in lines).
     Run(u64),
 }
 
@@ -46,6 +52,18 @@ pub struct Request<'a> {
     pub count: Count,
     /// The request's `Idempotency-Key`, if it sent one.
     pub key: Option<Key>,
+    /// The answer's shape (a label run's; a single number is always JSON).
+    pub format: run::Format,
+}
+
+impl Request<'_> {
+    /// Whether the answer is streamed rather than buffered.
+    fn streamed(&self) -> bool {
+        match self.count {
+            Count::Single => false,
+            Count::Run(n) => n > BUFFERED_MAX || self.format != run::Format::Json,
+        }
+    }
 }
 
 /// What [`Issuer::issue_now`] did.
@@ -63,6 +81,8 @@ pub enum Now {
 pub enum Outcome {
     /// Numbers issued (and recorded, or queued to be): the 201 body.
     Created(Vec<u8>),
+    /// A label run streamed as it is issued, or replayed from its key: a 201.
+    Stream(run::Streamed),
     /// A retry of a key already answered: that answer again.
     Replayed { status: u16, body: String },
     /// The key was used with other parameters.
@@ -185,8 +205,14 @@ impl Issuer {
 
     /// Answers a request: once per `Idempotency-Key` (a retry gets the first answer), or
     /// anew without one.
-    pub async fn issue(&self, req: Request<'_>) -> Outcome {
+    pub async fn issue(self: &Arc<Self>, req: Request<'_>) -> Outcome {
+        let streamed = req.streamed();
         let Some(key) = req.key else {
+            if streamed {
+                return self
+                    .stream(req.order, req.count.numbers(), req.format, None)
+                    .await;
+            }
             return match self.answer(req.order, req.count, None).await {
                 Ok(body) => Outcome::Created(body),
                 Err(why) => Outcome::Unavailable(why),
@@ -198,12 +224,22 @@ impl Issuer {
                 tracing::warn!(error = %e, "idempotency store unavailable");
                 Outcome::Unavailable(Unavailable::KeyStore)
             }
-            Ok(Begin::Replay { status, body }) => Outcome::Replayed { status, body },
+            Ok(Begin::Replay { status, body }) => {
+                match self.replay_run(req.order, req.format, status, &body) {
+                    Some(run) if matches!(req.count, Count::Run(_)) => Outcome::Stream(run),
+                    _ => Outcome::Replayed { status, body },
+                }
+            }
             Ok(Begin::Conflict) => Outcome::KeyConflict,
             Ok(Begin::InProgress) => Outcome::KeyInProgress,
             Ok(Begin::Fresh(claim)) => {
                 // Settled even if this request is dropped before it answers (see `Held`).
                 let held = Held::new(&self.keys, key, claim);
+                if streamed {
+                    return self
+                        .stream(req.order, req.count.numbers(), req.format, Some(held))
+                        .await;
+                }
                 let answered = held
                     .answering(self.answer(req.order, req.count, Some(held.promise())))
                     .await;

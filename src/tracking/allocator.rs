@@ -119,6 +119,26 @@ pub struct Allocator {
     health: Arc<Health>,
 }
 
+/// Consecutive numbers of one block: `first`, `first + stride`, … (`len` of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqRange {
+    pub first: u64,
+    pub stride: u64,
+    pub len: u64,
+}
+
+impl SeqRange {
+    /// The `i`-th sequence number (`i < len`).
+    pub fn seq(&self, i: u64) -> u64 {
+        self.first + i * self.stride
+    }
+
+    /// Whether `next` continues this range.
+    pub fn extends_to(&self, next: &SeqRange) -> bool {
+        self.stride == next.stride && self.seq(self.len) == next.first
+    }
+}
+
 /// Messages of the allocator actor.
 pub enum Msg {
     /// Make sure a current and a standby block exist.
@@ -171,6 +191,53 @@ impl Allocator {
             }
             if !self.promote(&cur) {
                 return None;
+            }
+        }
+    }
+
+    /// Takes up to `max` consecutive numbers of the current block (fewer where it ends) in one
+    /// step, without waiting: a label run's numbers come as a few ranges, not one by one.
+    pub fn try_take_range(&self, max: u64) -> Option<SeqRange> {
+        let max = max.max(1);
+        loop {
+            let cur = self.shared.current.load();
+            let i = cur.next.fetch_add(max, Ordering::Relaxed);
+            if i < cur.block.count {
+                let len = max.min(cur.block.count - i);
+                if (i..i + len).contains(&cur.low_water) {
+                    self.request_refill();
+                }
+                return Some(SeqRange {
+                    first: cur.block.seq(i),
+                    stride: cur.block.stride,
+                    len,
+                });
+            }
+            if !self.promote(&cur) {
+                return None;
+            }
+        }
+    }
+
+    /// [`Allocator::try_take_range`], waiting up to `timeout` for a block if none is in hand.
+    pub async fn take_range(&self, max: u64, timeout: Duration) -> Result<SeqRange, Unavailable> {
+        if let Some(r) = self.try_take_range(max) {
+            return Ok(r);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(r) = self.try_take_range(max) {
+                return Ok(r);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.try_take_range(max).ok_or_else(|| Unavailable {
+                    reason: self
+                        .last_error()
+                        .unwrap_or_else(|| "waiting for a block timed out".into()),
+                });
             }
         }
     }

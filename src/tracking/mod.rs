@@ -10,7 +10,7 @@ pub mod store;
 
 use crate::config::{SequenceStoreKind, TrackingSettings};
 use crate::support::tls::Tls;
-use allocator::{Allocator, BlockSizing, Unavailable};
+use allocator::{Allocator, BlockSizing, SeqRange, Unavailable};
 use number::TrackingNumber;
 use order::Order;
 use permute::{Permutation, PermutationKey};
@@ -159,6 +159,37 @@ impl TrackingService {
     #[inline]
     pub fn try_issue(&self, order: &Order) -> Option<Issued> {
         self.allocator.try_take().map(|seq| self.encode(order, seq))
+    }
+
+    /// Issues up to `max` consecutive numbers of one block (see [`Allocator::take_range`]),
+    /// waiting up to the wait timeout for a block if none is in hand; they share one instant.
+    pub async fn issue_range(
+        &self,
+        order: &Order,
+        max: u64,
+    ) -> Result<(SeqRange, Vec<Issued>), Unavailable> {
+        let range = self.allocator.take_range(max, self.wait_timeout).await?;
+        let issued_at = OffsetDateTime::now_utc();
+        let issued = (0..range.len)
+            .map(|i| {
+                let seq = range.seq(i);
+                Issued {
+                    seq,
+                    number: self.number(order, seq),
+                    issued_at,
+                }
+            })
+            .collect();
+        Ok((range, issued))
+    }
+
+    /// The number `seq` encodes for `order`'s countries.
+    pub fn number(&self, order: &Order, seq: u64) -> TrackingNumber {
+        TrackingNumber::new(
+            order.origin,
+            order.destination,
+            self.permutation.permute(seq),
+        )
     }
 
     fn encode(&self, order: &Order, seq: u64) -> Issued {

@@ -10,6 +10,7 @@ mod ops;
 mod policy;
 mod records;
 mod robustness;
+mod runs;
 mod security;
 mod server;
 mod servers;
