@@ -3,6 +3,7 @@
 //! (metrics, access log, request ids), the handlers' shared state ([`state`]), and one module
 //! per group of routes. Handlers parse, call an application service, and map its answer.
 
+pub mod docs;
 pub mod error;
 pub mod observe;
 pub mod ops;

@@ -18,6 +18,8 @@ pub enum Route<'p> {
     Readyz,
     Metrics,
     OpenApi,
+    /// `/docs` (the page: empty) and `/docs/<file>`.
+    Docs(&'p str),
     UserList,
     UserPolicy(&'p str),
     PolicyDetail(&'p str),
@@ -41,6 +43,7 @@ pub const TEMPLATES: &[&str] = &[
     "/api/tracking-numbers",
     "/api/tracking-numbers/{tracking_number}",
     "/api/tracking-numbers/{tracking_number}/void",
+    "/docs",
     UNMATCHED,
 ];
 pub const UNMATCHED: &str = "unmatched";
@@ -63,12 +66,15 @@ impl<'p> Route<'p> {
             "/readyz" => Route::Readyz,
             "/metrics" => Route::Metrics,
             "/openapi.json" => Route::OpenApi,
+            "/docs" => Route::Docs(""),
             _ => {
                 if let Some(n) = p.strip_prefix("/api/tracking-numbers/") {
                     match n.strip_suffix("/void") {
                         Some(n) => Route::Void(n),
                         None => Route::Lookup(n),
                     }
+                } else if let Some(file) = p.strip_prefix("/docs/") {
+                    Route::Docs(file)
                 } else if let Some(rest) = p.strip_prefix(POLICY_PREFIX) {
                     Self::policy(rest)
                 } else {
@@ -108,6 +114,7 @@ impl<'p> Route<'p> {
             Route::IssueRun => 9,
             Route::Lookup(_) => 10,
             Route::Void(_) => 11,
+            Route::Docs(_) => 12,
             Route::Unmatched => TEMPLATES.len() - 1,
         }
     }
@@ -134,9 +141,12 @@ impl<'p> Route<'p> {
             Route::UserList | Route::UserPolicy(_) | Route::PolicyDetail(_) | Route::Dump(..) => {
                 Some(Scope::Policy)
             }
-            Route::Healthz | Route::Readyz | Route::Metrics | Route::OpenApi | Route::Unmatched => {
-                None
-            }
+            Route::Healthz
+            | Route::Readyz
+            | Route::Metrics
+            | Route::OpenApi
+            | Route::Docs(_)
+            | Route::Unmatched => None,
         }
     }
 
@@ -223,6 +233,9 @@ mod tests {
             t("/api/tracking-numbers/MYID7K2Q9XW4LB0T/void/"),
             "/api/tracking-numbers/{tracking_number}/void"
         );
+        assert_eq!(Route::parse("/docs/"), Route::Docs(""));
+        assert_eq!(Route::parse("/docs/init.js"), Route::Docs("init.js"));
+        assert_eq!(t("/docs/swagger-ui.css"), "/docs");
     }
 
     #[test]

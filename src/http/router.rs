@@ -15,7 +15,7 @@ use super::response::Body;
 use super::route::Route;
 use super::server::Side;
 use super::state::AppState;
-use super::{ops, policy, tracking};
+use super::{docs, ops, policy, tracking};
 use crate::auth::Denied;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -147,6 +147,7 @@ fn now(route: Route<'_>, parts: &Parts, state: &AppState, side: Side) -> Result<
         Route::Readyz => Ok(Ok(ops::readiness(state, side == Side::Admin))),
         Route::Metrics => Ok(Ok(ops::metrics(state))),
         Route::OpenApi => Ok(Ok(ops::openapi())),
+        Route::Docs(file) => Ok(docs::serve(file).ok_or(ApiError::NoRoute)),
         Route::UserList | Route::UserPolicy(_) | Route::PolicyDetail(_) => {
             Ok(policy::lookup(route, parts, state))
         }

@@ -160,7 +160,7 @@ impl StoredRun {
 /// A streamed run's body: being issued, or replayed from what its key remembers.
 pub enum RunBody {
     Live(Live),
-    Replay(Replay),
+    Replay(Box<Replay>),
 }
 
 /// A run in progress: chunks from the task issuing it.
@@ -181,7 +181,7 @@ enum Source {
     Ranges {
         ranges: std::vec::IntoIter<SeqRange>,
         current: Option<(SeqRange, u64)>,
-        permutation: Permutation,
+        permutation: Box<Permutation>,
     },
     Numbers(std::vec::IntoIter<TrackingNumber>),
 }
@@ -457,7 +457,7 @@ impl Issuer {
             let source = Source::Ranges {
                 ranges: ranges.into_iter(),
                 current: None,
-                permutation: self.numbers.permutation().clone(),
+                permutation: Box::new(self.numbers.permutation().clone()),
             };
             (run.count, created_at, source)
         } else if format != Format::Json && status == 201 {
@@ -479,12 +479,12 @@ impl Issuer {
         Some(Streamed {
             format,
             replayed: true,
-            body: RunBody::Replay(Replay {
+            body: RunBody::Replay(Box::new(Replay {
                 writer: Writer::new(format, order, count),
                 created_at,
                 source,
                 done: false,
-            }),
+            })),
         })
     }
 }

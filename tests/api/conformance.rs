@@ -1,6 +1,6 @@
 //! Whole-system checks run by external tools, so that `cargo test` is the entire suite:
-//! schemathesis against the live server's own `/openapi.json`, and `deploy/validate` on every
-//! deployment file.
+//! schemathesis against the live server's own `/openapi.json`, the `/docs` page in headless
+//! Chromium, and `deploy/validate` on every deployment file.
 
 use std::path::Path;
 use std::process::Command;
@@ -27,6 +27,20 @@ fn schemathesis_finds_no_failure_against_the_openapi_document() {
         "tests/schemathesis.sh",
         &[("TRACKD_BIN", env!("CARGO_BIN_EXE_trackd"))],
     );
+}
+
+#[test]
+fn the_docs_page_issues_a_number_in_a_real_browser() {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&out).unwrap();
+    run(
+        "tests/browser.sh",
+        &[
+            ("TRACKD_BIN", env!("CARGO_BIN_EXE_trackd")),
+            ("OUT_DIR", out.to_str().unwrap()),
+        ],
+    );
+    assert!(out.join("docs.png").is_file(), "no screenshot");
 }
 
 #[test]
