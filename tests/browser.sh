@@ -24,28 +24,8 @@ bin=${TRACKD_BIN:-target/debug/trackd}
 out_dir=${OUT_DIR:-target/browser}
 mkdir -p "$out_dir"
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/trackd-browser.XXXXXX")
-pid=""
-cleanup() {
-    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-addr=127.0.0.1:$port
-key_out=$("$bin" key new --client browser --scopes issue+lookup)
-key=$(printf '%s\n' "$key_out" | awk '/^key:/ { print $2 }')
-entry=$(printf '%s\n' "$key_out" | awk '/^entry:/ { print $2 }')
-TRACKD_LOG__LEVEL=warn TRACKD_AUTH__KEYS="$entry" "$bin" serve --listen "$addr" --admin-listen "" \
-    --data-dir "$work/data" >"$work/trackd.log" 2>&1 &
-pid=$!
-ready() { python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "http://$addr/readyz" 2>/dev/null; }
-for _ in $(seq 100); do
-    ready && break
-    kill -0 "$pid" 2>/dev/null || { echo "trackd exited:"; cat "$work/trackd.log"; exit 1; }
-    sleep 0.1
-done
+. tests/serve_keyed.sh
+serve_keyed browser issue+lookup
 
 status=0
 BASE="http://$addr" KEY="$key" OUT_DIR="$(cd "$out_dir" && pwd)" CHROMIUM="$chromium" \

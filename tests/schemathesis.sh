@@ -45,30 +45,9 @@ if [ "$build" = 1 ] && [ -z "${TRACKD_BIN:-}" ]; then
     cargo build --quiet --bin trackd
 fi
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/trackd-st.XXXXXX")
-pid=""
-cleanup() {
-    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-addr=127.0.0.1:$port
 # A key with every scope: the requests carry it, and ignored_auth checks that they need it.
-key_out=$("$bin" key new --client schemathesis --scopes issue+lookup+void+policy)
-key=$(printf '%s\n' "$key_out" | awk '/^key:/ { print $2 }')
-entry=$(printf '%s\n' "$key_out" | awk '/^entry:/ { print $2 }')
-TRACKD_LOG__LEVEL=warn TRACKD_AUTH__KEYS="$entry" "$bin" serve --listen "$addr" --admin-listen "" \
-    --data-dir "$work/data" >"$work/trackd.log" 2>&1 &
-pid=$!
-ready() { python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "http://$addr/readyz" 2>/dev/null; }
-for _ in $(seq 100); do
-    ready && break
-    kill -0 "$pid" 2>/dev/null || { echo "trackd exited:"; cat "$work/trackd.log"; exit 1; }
-    sleep 0.1
-done
-ready || { echo "trackd not ready:"; cat "$work/trackd.log"; exit 1; }
+. tests/serve_keyed.sh
+serve_keyed schemathesis issue+lookup+void+policy
 
 status=0
 # schemathesis keeps a cache directory in its working directory: keep it out of the tree.

@@ -21,20 +21,6 @@ impl Timestamp {
     }
 }
 
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 fn put2(out: &mut [u8], at: usize, v: u32) {
     out[at] = b'0' + (v / 10) as u8;
     out[at + 1] = b'0' + (v % 10) as u8;
@@ -48,7 +34,7 @@ impl Timestamp {
         let micros = self.0.rem_euclid(1_000_000) as u32;
         let days = secs.div_euclid(86_400);
         let sod = secs.rem_euclid(86_400) as u32;
-        let (y, m, d) = civil_from_days(days);
+        let (y, m, d) = crate::support::rfc3339::civil_from_days(days);
         if !(0..=9999).contains(&y) {
             return None;
         }

@@ -146,7 +146,7 @@ pub fn unix_micros(t: OffsetDateTime) -> i64 {
 
 /// The proleptic Gregorian date of a count of days since 1970-01-01 (Howard Hinnant's
 /// `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
