@@ -4,9 +4,11 @@
 //! Module map, from the top layer down (a module imports only from below it):
 //! - [`cli`]: the operator commands (`check`, `seq`, `db`) behind `main.rs`.
 //! - [`app`]: composes the subsystems from settings and runs them until shutdown.
-//! - [`http`]: the hyper server and its limits, the route table, handlers, the error path.
+//! - [`http`]: the hyper server and its limits, the route table, handlers, the error path,
+//!   and the `/docs` page.
 //! - [`health`]: readiness and liveness checks behind `/readyz` and `/healthz`.
-//! - [`issue`]: issuing numbers end to end (allocator, records, idempotency keys).
+//! - [`issue`]: issuing numbers end to end (allocator, records, idempotency keys), streamed
+//!   label runs, and voiding.
 //! - [`records`]: issuance records (writer, embedded journal and index, PostgreSQL), lookups.
 //! - [`idempotency`]: `Idempotency-Key` replay in Redis, PostgreSQL or the embedded file.
 //! - [`tracking`]: the number format, the keyed permutation, order validation, the allocator
