@@ -1,7 +1,8 @@
 //! How issuing and lookups cost as records accumulate: for the embedded store and PostgreSQL,
 //! loads records up to each point (1M, 10M, 100M by default) with a fast loader, then measures
 //! through the release `trackd` the issuing rate with records `async` (and how fast the writer
-//! drains what was issued) and the lookup latency p50/p99 of stored numbers picked at random.
+//! drains what was issued) and the lookup latency p50/p99 of stored numbers picked at random,
+//! with what the machine read from disk per lookup meanwhile.
 //! The `postgres-by-number` store keys the table by tracking number instead of by sequence,
 //! for comparison (issuing only: trackd looks records up by sequence).
 //!
@@ -405,6 +406,19 @@ struct Lookups {
     per_s: f64,
     p50_us: f64,
     p99_us: f64,
+    /// KiB the whole machine read from disk per lookup (/proc/vmstat `pgpgin`): where the
+    /// slow lookups' time goes once the store outgrows the page cache.
+    disk_kib: f64,
+}
+
+/// KiB read from disk since boot, machine-wide.
+fn pgpgin() -> u64 {
+    std::fs::read_to_string("/proc/vmstat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("pgpgin "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Random lookups of loaded numbers (`ranges`: first sequence and count of each load) from
@@ -412,6 +426,7 @@ struct Lookups {
 fn lookups(t: &Trackd, synth: &Arc<Synthetic>, ranges: &[(u64, u64)], seconds: u64) -> Lookups {
     let total: u64 = ranges.iter().map(|r| r.1).sum();
     let clients = 4;
+    let read_before = pgpgin();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let threads: Vec<_> = (0..clients)
         .map(|c| {
@@ -451,12 +466,14 @@ fn lookups(t: &Trackd, synth: &Arc<Synthetic>, ranges: &[(u64, u64)], seconds: u
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
+    let read = pgpgin().saturating_sub(read_before);
     all.sort_unstable();
     let pick = |q: f64| all[((all.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
     Lookups {
         per_s: all.len() as f64 / seconds as f64,
         p50_us: pick(0.50),
         p99_us: pick(0.99),
+        disk_kib: read as f64 / all.len().max(1) as f64,
     }
 }
 
@@ -516,7 +533,7 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<19} {:>12} {:>10} {:>8} {:>11} {:>8} {:>10} {:>9} {:>9} {:>8}",
+        "{:<19} {:>12} {:>10} {:>8} {:>11} {:>8} {:>10} {:>9} {:>9} {:>8} {:>10}",
         "store",
         "records",
         "load/s",
@@ -526,7 +543,8 @@ fn main() {
         "written/s",
         "lookup/s",
         "p50 µs",
-        "p99 µs"
+        "p99 µs",
+        "disk KiB/lookup"
     );
     for store in stores {
         let dir = base.join(format!(
@@ -585,15 +603,17 @@ fn main() {
                 None => du(&dir.join("trackd.redb")),
                 Some(u) => pg_size(u),
             };
-            let (ls, p50, p99) = l.map_or(("-".into(), "-".into(), "-".into()), |l| {
-                (
-                    format!("{:.0}", l.per_s),
-                    format!("{:.0}", l.p50_us),
-                    format!("{:.0}", l.p99_us),
-                )
-            });
+            let (ls, p50, p99, disk) =
+                l.map_or(("-".into(), "-".into(), "-".into(), "-".into()), |l| {
+                    (
+                        format!("{:.0}", l.per_s),
+                        format!("{:.0}", l.p50_us),
+                        format!("{:.0}", l.p99_us),
+                        format!("{:.2}", l.disk_kib),
+                    )
+                });
             println!(
-                "{:<19} {:>12} {:>10.0} {:>8.0} {:>11.2} {:>8.1} {:>10.0} {:>9} {:>9} {:>8}   ({size} on disk)",
+                "{:<19} {:>12} {:>10.0} {:>8.0} {:>11.2} {:>8.1} {:>10.0} {:>9} {:>9} {:>8} {:>10}   ({size} on disk)",
                 store.name(),
                 loaded,
                 load_rate,
@@ -604,6 +624,7 @@ fn main() {
                 ls,
                 p50,
                 p99,
+                disk,
             );
         }
         let _ = std::fs::remove_dir_all(&dir);

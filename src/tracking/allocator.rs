@@ -163,7 +163,8 @@ impl Allocator {
             refill_requested: AtomicBool::new(false),
             notify: Notify::new(),
             actor: Mutex::new(None),
-            store_healthy: AtomicBool::new(true),
+            // Not known to answer until its first block: not ready before a number is in hand.
+            store_healthy: AtomicBool::new(false),
             store: Arc::clone(&store),
             reserved_total: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -506,7 +507,11 @@ impl Actor for AllocatorActor {
                                 "block reserved"
                             );
                             st.install(block);
-                            if !st.shared.store_healthy.swap(true, Ordering::Relaxed) {
+                            let failed_before =
+                                st.shared.last_error.lock().is_ok_and(|e| e.is_some());
+                            if !st.shared.store_healthy.swap(true, Ordering::Relaxed)
+                                && failed_before
+                            {
                                 tracing::info!(
                                     store = st.store.kind(),
                                     "sequence store available again"

@@ -94,6 +94,24 @@ impl TestApp {
             .expect("request")
     }
 
+    /// Waits until the operations listener's `/readyz` is 200 (a number in hand, records and
+    /// policies served).
+    pub async fn wait_ready(&self, limit: Duration) {
+        let t0 = std::time::Instant::now();
+        loop {
+            let r = self.admin("/readyz").await;
+            if r.status() == 200 {
+                return;
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "not ready after {limit:?}: {}",
+                r.text().await.unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Issues one number and returns it.
     pub async fn issue(&self) -> String {
         let r = self

@@ -243,7 +243,7 @@ async fn readiness_fails_while_the_embedded_store_is_down_and_recovers() {
         s.tracking.wait_timeout = Duration::from_millis(200);
     })
     .await;
-    wait_ready(&app, Duration::from_secs(5)).await;
+    app.wait_ready(Duration::from_secs(5)).await;
     let moved = tmp.path().join("moved");
     std::fs::rename(&dir, &moved).unwrap();
     // Spend what is buffered; the store cannot refill.
@@ -265,24 +265,8 @@ async fn readiness_fails_while_the_embedded_store_is_down_and_recovers() {
     );
     assert_eq!(app.get("/healthz").await.status(), 200, "still alive");
     std::fs::rename(&moved, &dir).unwrap();
-    wait_ready(&app, Duration::from_secs(5)).await;
+    app.wait_ready(Duration::from_secs(5)).await;
     app.stop().await;
-}
-
-async fn wait_ready(app: &TestApp, limit: Duration) {
-    let t0 = Instant::now();
-    loop {
-        let r = app.admin("/readyz").await;
-        if r.status() == 200 {
-            return;
-        }
-        assert!(
-            t0.elapsed() < limit,
-            "not ready after {limit:?}: {}",
-            r.text().await.unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -313,7 +297,7 @@ async fn a_killed_allocator_actor_is_restarted_and_one_that_keeps_dying_fails_he
     for round in 0..limit {
         child(round).await.kill();
         child(round + 1).await;
-        wait_ready(&app, Duration::from_secs(5)).await;
+        app.wait_ready(Duration::from_secs(5)).await;
         // Past the blocks in hand: the restarted actor refills.
         for _ in 0..25 {
             assert!(numbers.insert(app.issue().await), "a number issued twice");
@@ -369,7 +353,12 @@ async fn readiness_fails_while_draining() {
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/readyz");
     let admin_url = format!("http://{admin}/readyz");
-    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    // Ready once the first block is in hand.
+    let t0 = Instant::now();
+    while client.get(&url).send().await.unwrap().status() != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "never ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(client.get(&admin_url).send().await.unwrap().status(), 200);
     tx.send(()).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -419,7 +408,7 @@ async fn readiness_follows_a_redis_outage() {
     .await
     .unwrap_or_else(|e| panic!("seq init: {e}\n{}", redis.log()));
     let app = spawn_app_in(&tmp.path().join("data"), configure).await;
-    wait_ready(&app, Duration::from_secs(5)).await;
+    app.wait_ready(Duration::from_secs(5)).await;
     let before = app.issue().await;
 
     redis.kill();
@@ -439,7 +428,7 @@ async fn readiness_follows_a_redis_outage() {
     );
 
     redis.restart();
-    wait_ready(&app, Duration::from_secs(10)).await;
+    app.wait_ready(Duration::from_secs(10)).await;
     let after = app.issue().await;
     assert!(seq_of(&after) != seq_of(&before));
 

@@ -191,6 +191,7 @@ async fn operations_are_on_the_admin_listener_and_nothing_else_is() {
     for path in ["/metrics", "/metrics/", "/METRICS"] {
         assert_eq!(app.get(path).await.status(), 404, "public {path}");
     }
+    app.wait_ready(Duration::from_secs(10)).await;
     let public: Value = app.get("/readyz").await.json().await.unwrap();
     assert_eq!(public, json!({"status": "ready"}), "no details in public");
     let admin: Value = app.admin("/readyz").await.json().await.unwrap();

@@ -147,6 +147,7 @@ async fn unknown_paths_and_methods_are_json() {
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "GET, HEAD");
     assert_eq!(app.get("/healthz").await.status(), 200);
+    app.wait_ready(Duration::from_secs(10)).await;
     assert_eq!(app.get("/readyz/").await.status(), 200);
     app.stop().await;
 }
