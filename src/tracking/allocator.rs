@@ -222,25 +222,7 @@ impl Allocator {
 
     /// [`Allocator::try_take_range`], waiting up to `timeout` for a block if none is in hand.
     pub async fn take_range(&self, max: u64, timeout: Duration) -> Result<SeqRange, Unavailable> {
-        if let Some(r) = self.try_take_range(max) {
-            return Ok(r);
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.shared.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(r) = self.try_take_range(max) {
-                return Ok(r);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.try_take_range(max).ok_or_else(|| Unavailable {
-                    reason: self
-                        .last_error()
-                        .unwrap_or_else(|| "waiting for a block timed out".into()),
-                });
-            }
-        }
+        self.waiting(timeout, || self.try_take_range(max)).await
     }
 
     /// Replaces the exhausted block `seen` by the standby one. Returns whether taking again
@@ -274,19 +256,30 @@ impl Allocator {
 
     /// Takes a number, waiting up to `timeout` for the actor to reserve one.
     pub async fn take(&self, timeout: Duration) -> Result<u64, Unavailable> {
-        if let Some(seq) = self.try_take() {
-            return Ok(seq);
+        self.waiting(timeout, || self.try_take()).await
+    }
+
+    /// `take` at once if it can, else again each time a block arrives, until `timeout`.
+    async fn waiting<T>(
+        &self,
+        timeout: Duration,
+        take: impl Fn() -> Option<T>,
+    ) -> Result<T, Unavailable> {
+        if let Some(t) = take() {
+            return Ok(t);
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // Registered before the second look: a block installed between the two still
+            // wakes this request.
             let notified = self.shared.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(seq) = self.try_take() {
-                return Ok(seq);
+            if let Some(t) = take() {
+                return Ok(t);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.try_take().ok_or_else(|| Unavailable {
+                return take().ok_or_else(|| Unavailable {
                     reason: self
                         .last_error()
                         .unwrap_or_else(|| "waiting for a block timed out".into()),

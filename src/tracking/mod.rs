@@ -193,10 +193,9 @@ impl TrackingService {
     }
 
     fn encode(&self, order: &Order, seq: u64) -> Issued {
-        let code = self.permutation.permute(seq);
         Issued {
             seq,
-            number: TrackingNumber::new(order.origin, order.destination, code),
+            number: self.number(order, seq),
             issued_at: OffsetDateTime::now_utc(),
         }
     }

@@ -291,3 +291,19 @@ impl Drop for TrackdProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The label run's JSON body for the tests' order, with `count` if given.
+pub fn order_body(count: Option<u64>) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "origin_country_id": "MY",
+        "destination_country_id": "ID",
+        "weight": 1.25,
+        "customer_id": "de619854-b59b-425e-9db4-943979e1bd49",
+        "customer_name": "RedBox Logistics",
+        "customer_slug": "redbox-logistics",
+    });
+    if let Some(c) = count {
+        v["count"] = serde_json::json!(c);
+    }
+    v
+}

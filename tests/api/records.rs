@@ -2,7 +2,7 @@
 //! and Redis: every number found in the records with its exact order data, in both modes and
 //! across a SIGKILL in durable mode.
 
-use crate::helpers::{ORDER_QUERY, TrackdProcess, permutation, spawn_app_with};
+use crate::helpers::{ORDER_QUERY, TrackdProcess, order_body, permutation, spawn_app_with};
 use crate::servers::{PgDatabase, PrivatePostgres, RedisServer, run_seq};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -386,21 +386,6 @@ async fn lookup_tells_a_typo_from_an_unknown_number() {
     app.stop().await;
 }
 
-fn batch_body(count: Option<u64>) -> Value {
-    let mut v = json!({
-        "origin_country_id": "MY",
-        "destination_country_id": "ID",
-        "weight": 1.25,
-        "customer_id": "de619854-b59b-425e-9db4-943979e1bd49",
-        "customer_name": "RedBox Logistics",
-        "customer_slug": "redbox-logistics",
-    });
-    if let Some(c) = count {
-        v["count"] = json!(c);
-    }
-    v
-}
-
 #[tokio::test]
 async fn batch_issuance_records_every_number_and_rejects_bad_bodies() {
     let app = spawn_app_with(|s| s.records.mode = RecordsMode::Durable).await;
@@ -411,7 +396,7 @@ async fn batch_issuance_records_every_number_and_rejects_bad_bodies() {
             .body(body)
             .send()
     };
-    let r = post(batch_body(Some(1000)).to_string(), "application/json")
+    let r = post(order_body(Some(1000)).to_string(), "application/json")
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
@@ -433,7 +418,7 @@ async fn batch_issuance_records_every_number_and_rejects_bad_bodies() {
     }
     // No count: one number, same shape.
     let r = post(
-        batch_body(None).to_string(),
+        order_body(None).to_string(),
         "application/json; charset=utf-8",
     )
     .await
@@ -442,8 +427,8 @@ async fn batch_issuance_records_every_number_and_rejects_bad_bodies() {
     assert_eq!(r.json::<Value>().await.unwrap()["count"], 1);
 
     let cases: Vec<(String, u16, &str)> = vec![
-        (batch_body(Some(100_001)).to_string(), 400, "100000"),
-        (batch_body(Some(0)).to_string(), 400, "count"),
+        (order_body(Some(100_001)).to_string(), 400, "100000"),
+        (order_body(Some(0)).to_string(), 400, "count"),
         ("{\"origin_country_id\": ".into(), 400, "Malformed JSON"),
         ("[1, 2]".into(), 400, "must be an object"),
         (
@@ -464,7 +449,7 @@ async fn batch_issuance_records_every_number_and_rejects_bad_bodies() {
         assert!(text.contains(needle), "{text}");
         assert!(serde_json::from_str::<Value>(&text).is_ok());
     }
-    let r = post(batch_body(None).to_string(), "text/plain")
+    let r = post(order_body(None).to_string(), "text/plain")
         .await
         .unwrap();
     assert_eq!(r.status(), 415);
@@ -563,7 +548,7 @@ async fn one_number_per_key_across_two_instances(env: &[(&str, String)]) {
         client
             .post(url)
             .header("Idempotency-Key", "label-run-1")
-            .json(&batch_body(Some(5)))
+            .json(&order_body(Some(5)))
             .send()
     };
     let p1: Value = post(a.url("/api/tracking-numbers"))

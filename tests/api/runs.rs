@@ -2,31 +2,19 @@
 //! its line, a client that leaves mid-stream, replays under an `Idempotency-Key`, formats.
 
 use crate::helpers::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use trackd::config::RecordsMode;
 use trackd::tracking::number::TrackingNumber;
 
-fn run_body(count: u64) -> Value {
-    json!({
-        "origin_country_id": "MY",
-        "destination_country_id": "ID",
-        "weight": 1.25,
-        "customer_id": "de619854-b59b-425e-9db4-943979e1bd49",
-        "customer_name": "RedBox Logistics",
-        "customer_slug": "redbox-logistics",
-        "count": count,
-    })
-}
-
 async fn post_run(app: &TestApp, count: u64, accept: &str, key: Option<&str>) -> reqwest::Response {
     let mut req = app
         .client
         .post(app.url("/api/tracking-numbers"))
         .header("accept", accept)
-        .json(&run_body(count));
+        .json(&order_body(Some(count)));
     if let Some(k) = key {
         req = req.header("idempotency-key", k);
     }
@@ -184,7 +172,7 @@ async fn read_then_leave(
     lines: usize,
     key: Option<&str>,
 ) -> Vec<String> {
-    let body = run_body(count).to_string();
+    let body = order_body(Some(count)).to_string();
     let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let key = key
         .map(|k| format!("Idempotency-Key: {k}\r\n"))
