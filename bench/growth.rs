@@ -3,13 +3,11 @@
 //! through the release `trackd` the issuing rate with records `async` (and how fast the writer
 //! drains what was issued) and the lookup latency p50/p99 of stored numbers picked at random,
 //! with what the machine read from disk per lookup meanwhile.
-//! The `postgres-by-number` store keys the table by tracking number instead of by sequence,
-//! for comparison (issuing only: trackd looks records up by sequence).
 //!
 //! `cargo build --release && cargo run --release --example growth -- [--stores
-//! embedded,postgres,postgres-by-number] [--points 1000000,10000000,100000000] [--seconds 10]
+//! embedded,postgres] [--points 1000000,10000000,100000000] [--seconds 10]
 //! [--lookup-seconds 10] [--connections 32] [--dir DIR]`. Needs `wrk` and, for the PostgreSQL
-//! stores, a server on 127.0.0.1:5432 that lets `postgres` in without a password. Everything it
+//! store, a server on 127.0.0.1:5432 that lets `postgres` in without a password. Everything it
 //! creates (a directory under `--dir`, default the system's temporary one, and a database per
 //! store) is removed at the end.
 
@@ -38,8 +36,6 @@ const COUNTRIES: [&str; 8] = ["MY", "ID", "SG", "TH", "VN", "PH", "DE", "US"];
 /// Records per loader transaction (embedded) or `COPY` statement (PostgreSQL).
 const LOAD_CHUNK: u64 = 200_000;
 const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const PG_COLUMNS: &str = "seq, tracking_number, customer_id, customer_name, customer_slug, \
-    origin_country_id, destination_country_id, weight_grams, order_created_at, issued_at";
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -56,7 +52,6 @@ fn arg_u64(name: &str, default: u64) -> u64 {
 enum Store {
     Embedded,
     Postgres,
-    PostgresByNumber,
 }
 
 impl Store {
@@ -64,7 +59,6 @@ impl Store {
         match s {
             "embedded" => Self::Embedded,
             "postgres" => Self::Postgres,
-            "postgres-by-number" => Self::PostgresByNumber,
             other => panic!("unknown store {other}"),
         }
     }
@@ -73,7 +67,6 @@ impl Store {
         match self {
             Self::Embedded => "embedded",
             Self::Postgres => "postgres",
-            Self::PostgresByNumber => "postgres-by-number",
         }
     }
 }
@@ -183,52 +176,38 @@ async fn pg(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// Loads `n` records into the database's `tracking_numbers` by binary `COPY`; the first
-/// sequence loaded. The table keyed by number loses its key during the load and gets it back
-/// after (a bulk index build), as an operator loading it would.
-fn load_postgres(dir: &Path, url: &str, store: Store, n: u64) -> u64 {
+/// Loads `n` records into the database through trackd's own PostgreSQL writer (binary `COPY`
+/// of `LOAD_CHUNK` records per batch); the first sequence loaded.
+fn load_postgres(dir: &Path, url: &str, n: u64) -> u64 {
+    use trackd::records::RecordSink;
     let (first, permutation) = reserve(dir, n);
-    let synth = Synthetic { permutation };
+    let synth = Synthetic {
+        permutation: permutation.clone(),
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        use futures_util::SinkExt;
-        let client = pg(url).await;
-        if store == Store::PostgresByNumber {
-            client
-                .batch_execute("ALTER TABLE tracking_numbers DROP CONSTRAINT tracking_numbers_pkey")
-                .await
-                .unwrap();
-        }
+        let sink = trackd::records::postgres::PostgresRecords::new(
+            url,
+            Duration::from_secs(30),
+            1,
+            permutation,
+            Tls::default(),
+        );
         let now = OffsetDateTime::now_utc();
         let mut seq = first;
         let end = first + n;
-        let mut batch = Batch::default();
         while seq < end {
             let chunk_end = (seq + LOAD_CHUNK).min(end);
-            batch.clear();
+            let mut batch = Batch::default();
             while seq < chunk_end {
                 synth.push(&mut batch, seq, now);
                 seq += 1;
             }
-            let payload = trackd::records::postgres::copy_payload(&batch).unwrap();
-            let sink = client
-                .copy_in(&format!(
-                    "COPY tracking_numbers ({PG_COLUMNS}) FROM STDIN (FORMAT binary)"
-                ))
-                .await
-                .unwrap();
-            futures_util::pin_mut!(sink);
-            sink.send(payload).await.unwrap();
-            sink.finish().await.unwrap();
+            sink.write(Arc::new(batch), false).await.unwrap();
         }
-        if store == Store::PostgresByNumber {
-            client
-                .batch_execute("ALTER TABLE tracking_numbers ADD PRIMARY KEY (tracking_number)")
-                .await
-                .unwrap();
-        }
-        client
-            .batch_execute("ANALYZE tracking_numbers")
+        pg(url)
+            .await
+            .batch_execute("ANALYZE tracking_records")
             .await
             .unwrap();
     });
@@ -498,7 +477,8 @@ fn pg_size(url: &str) -> String {
         let c = pg(url).await;
         let row = c
             .query_one(
-                "SELECT pg_size_pretty(pg_total_relation_size('tracking_numbers'))",
+                "SELECT pg_size_pretty(pg_total_relation_size('tracking_records') \
+                 + pg_total_relation_size('tracking_customers'))",
                 &[],
             )
             .await
@@ -514,7 +494,7 @@ fn admin_sql(sql: &str) {
 
 fn main() {
     let stores: Vec<Store> = arg("--stores")
-        .unwrap_or_else(|| "embedded,postgres,postgres-by-number".into())
+        .unwrap_or_else(|| "embedded,postgres".into())
         .split(',')
         .map(Store::parse)
         .collect();
@@ -562,16 +542,6 @@ fn main() {
         if records_url.is_some() {
             admin_sql(&format!("DROP DATABASE IF EXISTS {db_name}"));
             admin_sql(&format!("CREATE DATABASE {db_name}"));
-            let mut schema = trackd::records::postgres::SCHEMA.to_owned();
-            if store == Store::PostgresByNumber {
-                schema = schema.replace(
-                    "seq bigint PRIMARY KEY,\n    tracking_number char(16) NOT NULL",
-                    "seq bigint NOT NULL,\n    tracking_number char(16) PRIMARY KEY",
-                );
-                assert_ne!(schema, trackd::records::postgres::SCHEMA);
-            }
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async { pg(&url).await.batch_execute(&schema).await.unwrap() });
         }
         // One start creates the data directory's files and the PostgreSQL schema.
         Trackd::start(&dir, records_url).stop();
@@ -583,7 +553,7 @@ fn main() {
             let start = Instant::now();
             let first = match store {
                 Store::Embedded => load_embedded(&dir, n),
-                _ => load_postgres(&dir, &url, store, n),
+                Store::Postgres => load_postgres(&dir, &url, n),
             };
             let load_rate = n as f64 / start.elapsed().as_secs_f64();
             loaded += n;
@@ -596,24 +566,14 @@ fn main() {
             });
             let t = Trackd::start(&dir, records_url);
             let i = issue(&t, seconds, connections);
-            let l = (store != Store::PostgresByNumber)
-                .then(|| lookups(&t, s, &loaded_ranges, lookup_seconds));
+            let l = lookups(&t, s, &loaded_ranges, lookup_seconds);
             t.stop();
             let size = match records_url {
                 None => du(&dir.join("trackd.redb")),
                 Some(u) => pg_size(u),
             };
-            let (ls, p50, p99, disk) =
-                l.map_or(("-".into(), "-".into(), "-".into(), "-".into()), |l| {
-                    (
-                        format!("{:.0}", l.per_s),
-                        format!("{:.0}", l.p50_us),
-                        format!("{:.0}", l.p99_us),
-                        format!("{:.2}", l.disk_kib),
-                    )
-                });
             println!(
-                "{:<19} {:>12} {:>10.0} {:>8.0} {:>11.2} {:>8.1} {:>10.0} {:>9} {:>9} {:>8} {:>10}   ({size} on disk)",
+                "{:<19} {:>12} {:>10.0} {:>8.0} {:>11.2} {:>8.1} {:>10.0} {:>9.0} {:>9.0} {:>8.0} {:>10.2}   ({size} on disk)",
                 store.name(),
                 loaded,
                 load_rate,
@@ -621,10 +581,10 @@ fn main() {
                 i.cpu_us_per_req,
                 i.drain_s,
                 i.written_per_s,
-                ls,
-                p50,
-                p99,
-                disk,
+                l.per_s,
+                l.p50_us,
+                l.p99_us,
+                l.disk_kib,
             );
         }
         let _ = std::fs::remove_dir_all(&dir);

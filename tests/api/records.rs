@@ -77,6 +77,22 @@ fn normalise_weight(w: &str) -> String {
     format!("{}.{:03}", grams / 1000, grams % 1000)
 }
 
+/// The columns a row's tracking number is made of (the table keeps the sequence number and
+/// the country codes; the rest is the permutation's), first in a query for [`number_of`].
+const NUMBER_COLUMNS: &str = "seq, origin_country_id, destination_country_id";
+
+/// The tracking number of a row that starts with [`NUMBER_COLUMNS`].
+fn number_of(r: &tokio_postgres::Row) -> String {
+    let country = |i| CountryCode::parse(r.get::<_, &str>(i)).unwrap();
+    TrackingNumber::new(
+        country(1),
+        country(2),
+        permutation().permute(r.get::<_, i64>(0) as u64),
+    )
+    .as_str()
+    .to_owned()
+}
+
 /// Every record of the database, by number.
 async fn records_in(db_url: &str) -> HashMap<String, Sent> {
     let (client, conn) = tokio_postgres::connect(db_url, tokio_postgres::NoTls)
@@ -85,10 +101,12 @@ async fn records_in(db_url: &str) -> HashMap<String, Sent> {
     tokio::spawn(conn);
     let rows = client
         .query(
-            "SELECT tracking_number, origin_country_id, destination_country_id, weight_grams, \
-             customer_id::text, customer_name, customer_slug, \
-             to_char(order_created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
-             FROM tracking_numbers",
+            &format!(
+                "SELECT {NUMBER_COLUMNS}, weight_grams, \
+                 customer_id::text, customer_name, customer_slug, \
+                 to_char(order_created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+                 FROM tracking_records JOIN tracking_customers USING (customer_ref)"
+            ),
             &[],
         )
         .await
@@ -97,7 +115,7 @@ async fn records_in(db_url: &str) -> HashMap<String, Sent> {
         .map(|r| {
             let grams: i32 = r.get(3);
             (
-                r.get::<_, String>(0),
+                number_of(r),
                 Sent {
                     origin: r.get(1),
                     destination: r.get(2),
@@ -581,17 +599,20 @@ where
     out
 }
 
-/// The numbers in `tracking_numbers`, or `None` while the table cannot be read.
+/// The numbers in `tracking_records`, or `None` while the table cannot be read.
 async fn recorded_numbers(db_url: &str) -> Option<std::collections::HashSet<String>> {
     let (client, conn) = tokio_postgres::connect(db_url, tokio_postgres::NoTls)
         .await
         .ok()?;
     tokio::spawn(conn);
     let rows = client
-        .query("SELECT tracking_number FROM tracking_numbers", &[])
+        .query(
+            &format!("SELECT {NUMBER_COLUMNS} FROM tracking_records"),
+            &[],
+        )
         .await
         .ok()?;
-    Some(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    Some(rows.iter().map(number_of).collect())
 }
 
 /// Waits until every number in `numbers` is recorded (or panics after `limit`).
@@ -609,7 +630,7 @@ async fn wait_recorded(db_url: &str, numbers: &[String], limit: Duration) {
                 numbers.len()
             );
         }
-        assert!(start.elapsed() < limit, "tracking_numbers unreadable");
+        assert!(start.elapsed() < limit, "tracking_records unreadable");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

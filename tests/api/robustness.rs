@@ -196,13 +196,7 @@ fn record(seq: u64, issued_at: time::OffsetDateTime) -> Record {
 #[tokio::test]
 async fn records_past_their_retention_are_removed_from_postgres() {
     let db = PgDatabase::create();
-    let sink = trackd::records::postgres::PostgresRecords::new(
-        &db.url(),
-        Duration::from_secs(2),
-        1,
-        permutation(),
-        Default::default(),
-    );
+    let sink = pg_records(&db);
     let now = time::OffsetDateTime::now_utc();
     let old: Vec<Record> = (0..12_000)
         .map(|s| record(s, now - time::Duration::days(100)))
@@ -217,8 +211,23 @@ async fn records_past_their_retention_are_removed_from_postgres() {
         }
         sink.write(Arc::new(b), false).await.unwrap();
     }
+    let void = trackd::records::Void {
+        at: now,
+        reason: None,
+    };
+    assert!(matches!(
+        sink.void(&old[7].number, void).await.unwrap(),
+        trackd::records::Voiding::Voided(_)
+    ));
     let cutoff = now - time::Duration::days(90);
     assert_eq!(sink.expire(cutoff).await.unwrap(), 12_000);
+    let voids: i64 = connect(&db.url())
+        .await
+        .query_one("SELECT count(*) FROM tracking_voids", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(voids, 0, "an expired record's void goes with it");
     assert_eq!(sink.expire(cutoff).await.unwrap(), 0);
     match sink.lookup(&old[5].number).await.unwrap() {
         Lookup::Missing {
@@ -232,6 +241,161 @@ async fn records_past_their_retention_are_removed_from_postgres() {
             Lookup::Found(r.to_json())
         );
     }
+}
+
+fn pg_records(db: &PgDatabase) -> trackd::records::postgres::PostgresRecords {
+    trackd::records::postgres::PostgresRecords::new(
+        &db.url(),
+        Duration::from_secs(2),
+        2,
+        permutation(),
+        Default::default(),
+    )
+}
+
+fn batch_of(records: &[Record]) -> Arc<Batch> {
+    let mut b = Batch::default();
+    for r in records {
+        b.push(&r.as_ref());
+    }
+    Arc::new(b)
+}
+
+#[tokio::test]
+async fn a_retried_postgres_batch_keeps_its_committed_rows_and_refuses_other_orders() {
+    let db = PgDatabase::create();
+    let sink = pg_records(&db);
+    let now = time::OffsetDateTime::now_utc();
+    let records: Vec<Record> = (0..300).map(|s| record(s, now)).collect();
+    sink.write(batch_of(&records), false).await.unwrap();
+    // The first attempt committed but its answer was lost: the retry must neither fail on the
+    // rows already there nor add any.
+    sink.write(batch_of(&records), true).await.unwrap();
+    let client = connect(&db.url()).await;
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM tracking_records", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 300);
+    let customers: i64 = client
+        .query_one("SELECT count(*) FROM tracking_customers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(customers, 300, "one row per customer, written once");
+    // Other orders under the same sequences: another deployment writes here.
+    let mut other = records[..10].to_vec();
+    for r in &mut other {
+        r.customer_name.push_str(" (elsewhere)");
+    }
+    match sink.write(batch_of(&other), true).await {
+        Err(trackd::records::SinkError::Rejected(why)) => {
+            assert!(why.contains("another deployment"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    for r in records.iter().step_by(37) {
+        assert_eq!(
+            sink.lookup(&r.number).await.unwrap(),
+            Lookup::Found(r.to_json())
+        );
+    }
+}
+
+#[tokio::test]
+async fn records_in_the_wide_table_of_earlier_releases_are_migrated_on_first_use() {
+    let db = PgDatabase::create();
+    let client = connect(&db.url()).await;
+    client
+        .batch_execute(
+            "CREATE TABLE tracking_numbers (
+                seq bigint PRIMARY KEY,
+                tracking_number char(16) NOT NULL,
+                customer_id uuid NOT NULL,
+                customer_name text NOT NULL,
+                customer_slug text NOT NULL,
+                origin_country_id char(2) NOT NULL,
+                destination_country_id char(2) NOT NULL,
+                weight_grams integer NOT NULL,
+                order_created_at timestamptz,
+                issued_at timestamptz NOT NULL,
+                voided_at timestamptz,
+                void_reason text)",
+        )
+        .await
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let mut records: Vec<Record> = (0..50).map(|s| record(s, now)).collect();
+    records[3].voided = Some(trackd::records::Void {
+        at: now,
+        reason: Some("label cancelled".into()),
+    });
+    records[4].order_created_at = Some(now - time::Duration::hours(1));
+    // Two numbers of one customer: migrated to one customer row.
+    records[6].customer_id = records[5].customer_id;
+    records[6].customer_name = records[5].customer_name.clone();
+    for r in &records {
+        client
+            .execute(
+                "INSERT INTO tracking_numbers VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                 $11, $12)",
+                &[
+                    &(r.seq as i64),
+                    &r.number.as_str(),
+                    &r.customer_id,
+                    &r.customer_name,
+                    &r.customer_slug,
+                    &r.origin(),
+                    &r.destination(),
+                    &(r.weight_grams as i32),
+                    &r.order_created_at,
+                    &r.issued_at,
+                    &r.voided.as_ref().map(|v| v.at),
+                    &r.voided.as_ref().and_then(|v| v.reason.clone()),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let highest = trackd::records::postgres::highest_seq(
+        &db.url(),
+        Duration::from_secs(2),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(highest, Some(49), "read from the table not yet migrated");
+    let sink = pg_records(&db);
+    for r in &records {
+        assert_eq!(
+            sink.lookup(&r.number).await.unwrap(),
+            Lookup::Found(r.to_json()),
+            "{}",
+            r.seq
+        );
+    }
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM tracking_records").await, 50);
+    assert_eq!(count("SELECT count(*) FROM tracking_customers").await, 49);
+    assert_eq!(count("SELECT count(*) FROM tracking_voids").await, 1);
+    assert_eq!(
+        count("SELECT count(*) FROM tracking_numbers_migrated").await,
+        50,
+        "the old table is kept for the operator"
+    );
+    // New records go on after the migrated ones, and a second instance migrates nothing.
+    let more: Vec<Record> = (50..60).map(|s| record(s, now)).collect();
+    sink.write(batch_of(&more), false).await.unwrap();
+    let again = pg_records(&db);
+    assert_eq!(
+        again.lookup(&more[9].number).await.unwrap(),
+        Lookup::Found(more[9].to_json())
+    );
+    assert_eq!(count("SELECT count(*) FROM tracking_records").await, 60);
 }
 
 /// A tmpfs of `mib` MiB mounted for the test (unmounted on drop), or `None` where mounting is
