@@ -2,14 +2,17 @@
 //! loads records up to each point (1M, 10M, 100M by default) with a fast loader, then measures
 //! through the release `trackd` the issuing rate with records `async` (and how fast the writer
 //! drains what was issued) and the lookup latency p50/p99 of stored numbers picked at random,
-//! with what the machine read from disk per lookup meanwhile.
+//! with what the machine read from disk per lookup meanwhile: once among all stored numbers
+//! (the worst case: every lookup on a page of its own), once among the newest `--recent`
+//! (default 1M: parcels in transit are the ones tracked).
 //!
 //! `cargo build --release && cargo run --release --example growth -- [--stores
 //! embedded,postgres] [--points 1000000,10000000,100000000] [--seconds 10]
-//! [--lookup-seconds 10] [--connections 32] [--dir DIR]`. Needs `wrk` and, for the PostgreSQL
-//! store, a server on 127.0.0.1:5432 that lets `postgres` in without a password. Everything it
-//! creates (a directory under `--dir`, default the system's temporary one, and a database per
-//! store) is removed at the end.
+//! [--lookup-seconds 10] [--recent 1000000] [--connections 32] [--dir DIR] [--pg-server
+//! URL]`. Needs `wrk` and, for the PostgreSQL store, a server (default
+//! `postgres://postgres@127.0.0.1:5432`) that lets `postgres` in without a password.
+//! Everything it creates (a directory under `--dir`, default the system's temporary one, and
+//! a database per store) is removed at the end.
 
 use redb::ReadableTable;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -35,7 +38,6 @@ const ISSUE_PATH: &str = "/api/next-tracking-number/?origin_country_id=MY&destin
 const COUNTRIES: [&str; 8] = ["MY", "ID", "SG", "TH", "VN", "PH", "DE", "US"];
 /// Records per loader transaction (embedded) or `COPY` statement (PostgreSQL).
 const LOAD_CHUNK: u64 = 200_000;
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -171,7 +173,7 @@ fn load_embedded(dir: &Path, n: u64) -> u64 {
 async fn pg(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .expect("PostgreSQL on 127.0.0.1:5432");
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url}: {e}"));
     tokio::spawn(conn);
     client
 }
@@ -326,8 +328,6 @@ fn get(conn: &mut TcpStream, path: &str) -> (u16, String) {
 struct Issuing {
     req_per_s: f64,
     cpu_us_per_req: f64,
-    /// Records written per second from the start of the load until the queue was empty.
-    written_per_s: f64,
     drain_s: f64,
 }
 
@@ -365,10 +365,13 @@ fn issue(t: &Trackd, seconds: u64, connections: u64) -> Issuing {
     wait_drained(t, Duration::from_secs(600));
     let drain_s = drain_start.elapsed().as_secs_f64();
     let written = t.metric("trackd_records_written_total") - written_before;
+    assert!(
+        written >= requests,
+        "{requests} numbers issued, {written} records written"
+    );
     Issuing {
         req_per_s: requests / load_s,
         cpu_us_per_req: cpu * 1e6 / requests,
-        written_per_s: written / (load_s + drain_s),
         drain_s,
     }
 }
@@ -456,6 +459,19 @@ fn lookups(t: &Trackd, synth: &Arc<Synthetic>, ranges: &[(u64, u64)], seconds: u
     }
 }
 
+/// The newest `n` sequences of `ranges` (first sequence and count of each load, oldest first).
+fn newest_of(ranges: &[(u64, u64)], mut n: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(first, count) in ranges.iter().rev() {
+        let take = count.min(n);
+        if take > 0 {
+            out.push((first + count - take, take));
+        }
+        n -= take;
+    }
+    out
+}
+
 fn du(path: &Path) -> String {
     Command::new("du")
         .args(["-sh"])
@@ -487,9 +503,10 @@ fn pg_size(url: &str) -> String {
     })
 }
 
-fn admin_sql(sql: &str) {
+fn admin_sql(server: &str, sql: &str) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async { pg(PG_ADMIN).await.batch_execute(sql).await.unwrap() });
+    let admin = format!("{server}/postgres");
+    rt.block_on(async { pg(&admin).await.batch_execute(sql).await.unwrap() });
 }
 
 fn main() {
@@ -506,25 +523,31 @@ fn main() {
     let seconds = arg_u64("--seconds", 10);
     let lookup_seconds = arg_u64("--lookup-seconds", 10);
     let connections = arg_u64("--connections", 32);
+    let recent = arg_u64("--recent", 1_000_000);
+    let pg_server =
+        arg("--pg-server").unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".into());
     let base = arg("--dir").map_or_else(std::env::temp_dir, PathBuf::from);
     println!(
         "growth: records async, wrk -t2 -c{connections} -d{seconds}s per issuing run, \
-         4 lookup clients for {lookup_seconds}s; {} cores",
+         4 lookup clients for {lookup_seconds}s among all stored numbers, then among the newest \
+         {recent}; {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<19} {:>12} {:>10} {:>8} {:>11} {:>8} {:>10} {:>9} {:>9} {:>8} {:>10}",
+        "{:<10} {:>10} {:>8} {:>8} {:>7} {:>7} {:>9} {:>7} {:>7} {:>6} {:>8} {:>7} {:>6}",
         "store",
         "records",
         "load/s",
         "req/s",
-        "cpu µs/req",
+        "µs/req",
         "drain s",
-        "written/s",
         "lookup/s",
         "p50 µs",
         "p99 µs",
-        "disk KiB/lookup"
+        "KiB",
+        "newest:",
+        "p99 µs",
+        "KiB",
     );
     for store in stores {
         let dir = base.join(format!(
@@ -537,11 +560,11 @@ fn main() {
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .unwrap();
         let db_name = format!("trackd_growth_{}", std::process::id());
-        let url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
+        let url = format!("{pg_server}/{db_name}");
         let records_url = (store != Store::Embedded).then_some(url.as_str());
         if records_url.is_some() {
-            admin_sql(&format!("DROP DATABASE IF EXISTS {db_name}"));
-            admin_sql(&format!("CREATE DATABASE {db_name}"));
+            admin_sql(&pg_server, &format!("DROP DATABASE IF EXISTS {db_name}"));
+            admin_sql(&pg_server, &format!("CREATE DATABASE {db_name}"));
         }
         // One start creates the data directory's files and the PostgreSQL schema.
         Trackd::start(&dir, records_url).stop();
@@ -567,29 +590,32 @@ fn main() {
             let t = Trackd::start(&dir, records_url);
             let i = issue(&t, seconds, connections);
             let l = lookups(&t, s, &loaded_ranges, lookup_seconds);
+            let newest = lookups(&t, s, &newest_of(&loaded_ranges, recent), lookup_seconds);
             t.stop();
             let size = match records_url {
                 None => du(&dir.join("trackd.redb")),
                 Some(u) => pg_size(u),
             };
             println!(
-                "{:<19} {:>12} {:>10.0} {:>8.0} {:>11.2} {:>8.1} {:>10.0} {:>9.0} {:>9.0} {:>8.0} {:>10.2}   ({size} on disk)",
+                "{:<10} {:>10} {:>8.0} {:>8.0} {:>7.2} {:>7.1} {:>9.0} {:>7.0} {:>7.0} {:>6.2} {:>8.0} {:>7.0} {:>6.2}   ({size} on disk)",
                 store.name(),
                 loaded,
                 load_rate,
                 i.req_per_s,
                 i.cpu_us_per_req,
                 i.drain_s,
-                i.written_per_s,
                 l.per_s,
                 l.p50_us,
                 l.p99_us,
                 l.disk_kib,
+                newest.p50_us,
+                newest.p99_us,
+                newest.disk_kib,
             );
         }
         let _ = std::fs::remove_dir_all(&dir);
         if records_url.is_some() {
-            admin_sql(&format!("DROP DATABASE IF EXISTS {db_name}"));
+            admin_sql(&pg_server, &format!("DROP DATABASE IF EXISTS {db_name}"));
         }
     }
 }
