@@ -117,6 +117,8 @@ pub struct UserRef<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct UserPolicyRef<'a> {
     pub policy: &'a Policy,
+    /// The policy's part of the row, as JSON ([`Snapshot::policy_row_json`]).
+    pub policy_json: &'a str,
     pub policy_number: &'a str,
     /// Microseconds since the Unix epoch; `None` for SQL NULL.
     pub start_micros: Option<i64>,
@@ -159,6 +161,9 @@ pub struct Snapshot {
     /// Each user's `user_list/` entry, rendered once per load: a page or the streamed list is
     /// then a copy per user (about 30 bytes per user-policy at 5 policies a user).
     user_json: StrCol,
+    /// Each policy's part of a `user_policy/` row (`"policy_id":…,"policy__name":…`), rendered
+    /// once per load: policies are few, and every row of every user repeats one.
+    policy_row_json: Vec<Box<str>>,
     loaded_at: SystemTime,
 }
 
@@ -220,6 +225,7 @@ impl Snapshot {
         let b = self.user_up.get(i + 1).copied().unwrap_or(0) as usize;
         (a..b.max(a)).map(move |k| UserPolicyRef {
             policy: &self.policies[self.up_policy[k] as usize],
+            policy_json: &self.policy_row_json[self.up_policy[k] as usize],
             policy_number: self.up_number.get(k),
             start_micros: opt_ts(self.up_start[k]),
             expiry_micros: opt_ts(self.up_expiry[k]),
@@ -255,6 +261,11 @@ impl Snapshot {
             + self.up_policy.capacity() * 4
             + self.up_number.heap_bytes()
             + self.user_json.heap_bytes()
+            + self
+                .policy_row_json
+                .iter()
+                .map(|s| s.len() + 16)
+                .sum::<usize>()
             + self.up_start.capacity() * 8
             + self.up_expiry.capacity() * 8
             + self
@@ -559,6 +570,7 @@ impl SnapshotBuilder {
             policies,
             categories,
             user_json: StrCol::default(),
+            policy_row_json: Vec::new(),
             loaded_at: SystemTime::now(),
         };
         let mut user_json = StrCol::with_capacity(n_users);
@@ -570,6 +582,15 @@ impl SnapshotBuilder {
             user_json.push(std::str::from_utf8(&buf).unwrap_or("{}"))?;
         }
         snap.user_json = user_json;
+        snap.policy_row_json = snap
+            .policies
+            .iter()
+            .map(|p| {
+                buf.clear();
+                super::model::write_policy_row_part(&mut buf, p);
+                String::from_utf8_lossy(&buf).into()
+            })
+            .collect();
         snap.user_ids.shrink_to_fit();
         for c in [
             &mut snap.first_name,

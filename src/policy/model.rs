@@ -27,9 +27,14 @@ fn put2(out: &mut [u8], at: usize, v: u32) {
 }
 
 impl Timestamp {
-    /// Formats into `buf` without the `fmt` machinery (this is on the hot path of
-    /// `user_policy/`); `None` for years outside 0..=9999.
+    /// Formats into `buf` without the `fmt` machinery; `None` for years outside 0..=9999.
     fn format_fast(self, buf: &mut [u8; 27]) -> Option<&str> {
+        std::str::from_utf8(self.format_ascii(buf)?).ok()
+    }
+
+    /// [`Self::format_fast`] as the ASCII bytes it writes: what `user_policy/` copies into its
+    /// body, with no UTF-8 check of bytes that are digits and punctuation by construction.
+    fn format_ascii(self, buf: &mut [u8; 27]) -> Option<&[u8]> {
         let secs = self.0.div_euclid(1_000_000);
         let micros = self.0.rem_euclid(1_000_000) as u32;
         let days = secs.div_euclid(86_400);
@@ -59,7 +64,7 @@ impl Timestamp {
             buf[26] = b'Z';
             27
         };
-        std::str::from_utf8(&buf[..len]).ok()
+        Some(&buf[..len])
     }
 }
 
@@ -105,21 +110,72 @@ impl Serialize for Timestamp {
 // timestamps with `format_fast`. The output is byte-for-byte what serde_json writes for the
 // `UserPolicyJson` struct below and the serde form of `UserRef` (tested).
 
-/// A JSON string: copied when nothing needs escaping, else escaped by serde_json.
+/// A JSON string: copied when nothing needs escaping, else escaped.
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
-    // Branch-free over all bytes so it vectorises (faster than stopping at the first hit
-    // for these short strings); serde_json escapes exactly these bytes.
-    let needs_escape = s.bytes().fold(false, |acc, b| {
-        acc | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if !needs_escape {
+    if !needs_escape(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
-    } else if serde_json::to_writer(&mut *out, s).is_err() {
-        out.extend_from_slice(b"\"\"");
+    } else {
+        push_escaped(out, s);
     }
+}
+
+/// Whether `b` holds a byte JSON escapes (a control character, `"` or `\\`): eight bytes at a
+/// time (a word has such a byte when one of its bytes is below 0x20, or zero once XORed with
+/// `"` or `\\` repeated), then the rest one by one.
+fn needs_escape(b: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH != 0;
+    let mut words = b.chunks_exact(8);
+    let found = words.by_ref().fold(false, |acc, c| {
+        let w = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
+        acc | below(w, 0x20) | below(w ^ (ONES * 0x22), 1) | below(w ^ (ONES * 0x5c), 1)
+    });
+    found
+        || words
+            .remainder()
+            .iter()
+            .any(|&c| c < 0x20 || c == b'"' || c == b'\\')
+}
+
+/// A JSON string with its escapes, exactly as serde_json writes them (`\"`, `\\`, the five
+/// short control escapes, `\u00xx` for the other control characters).
+fn push_escaped(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(s.len() + 8);
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut from = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x0c => b'f',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0..=0x1f => b'u',
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[from..i]);
+        out.push(b'\\');
+        out.push(short);
+        if short == b'u' {
+            out.extend_from_slice(&[
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
+        }
+        from = i + 1;
+    }
+    out.extend_from_slice(&bytes[from..]);
+    out.push(b'"');
 }
 
 pub fn push_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
@@ -131,10 +187,10 @@ fn push_ts(out: &mut Vec<u8>, t: Option<i64>) {
         None => out.extend_from_slice(b"null"),
         Some(t) => {
             let mut buf = [0u8; 27];
-            match Timestamp(t).format_fast(&mut buf) {
+            match Timestamp(t).format_ascii(&mut buf) {
                 Some(s) => {
                     out.push(b'"');
-                    out.extend_from_slice(s.as_bytes());
+                    out.extend_from_slice(s);
                     out.push(b'"');
                 }
                 None => push_str(out, &Timestamp(t).to_string()),
@@ -160,25 +216,34 @@ pub fn write_user(out: &mut Vec<u8>, u: &UserRef<'_>) {
     out.push(b'}');
 }
 
+/// A policy's part of a `user_policy/` row: `"policy_id":…,"policy__name":…`.
+pub fn write_policy_row_part(out: &mut Vec<u8>, p: &Policy) {
+    out.extend_from_slice(b"\"policy_id\":");
+    push_int(out, p.id);
+    out.extend_from_slice(b",\"policy__name\":");
+    push_str(out, &p.name);
+}
+
 /// The `data` array of `user_policy/` for the user at index `i`.
 pub fn write_user_policies(out: &mut Vec<u8>, snap: &Snapshot, i: usize) {
     let user = snap.user(i);
-    // The user's part of every row, escaped once.
-    let mut head = Vec::with_capacity(64 + user.first_name.len());
-    head.extend_from_slice(b"{\"user__first_name\":");
-    push_str(&mut head, user.first_name);
-    head.extend_from_slice(b",\"user_id\":");
-    push_int(&mut head, user.id);
     out.push(b'[');
+    // The user's part of every row, escaped once, in the first row; copied from there after.
+    let mut head = 0..0;
     for (k, up) in snap.user_policies(i).enumerate() {
-        if k > 0 {
+        if k == 0 {
+            let start = out.len();
+            out.extend_from_slice(b"{\"user__first_name\":");
+            push_str(out, user.first_name);
+            out.extend_from_slice(b",\"user_id\":");
+            push_int(out, user.id);
+            head = start..out.len();
+        } else {
             out.push(b',');
+            out.extend_from_within(head.clone());
         }
-        out.extend_from_slice(&head);
-        out.extend_from_slice(b",\"policy_id\":");
-        push_int(out, up.policy.id);
-        out.extend_from_slice(b",\"policy__name\":");
-        push_str(out, &up.policy.name);
+        out.push(b',');
+        out.extend_from_slice(up.policy_json.as_bytes());
         out.extend_from_slice(b",\"policy_number\":");
         push_str(out, up.policy_number);
         out.extend_from_slice(b",\"start_date_time\":");
@@ -283,6 +348,36 @@ mod tests {
                     serde_json::to_string(&rows).unwrap()
                 );
             }
+        }
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let every_ascii: String = (0u8..=0x7f).map(char::from).collect();
+        for s in [
+            every_ascii.as_str(),
+            "\"",
+            "end\\",
+            "\u{0}x\u{1f}y\u{7f}",
+            "Family Floater \"Shield\" – é 東京 \u{2028}",
+            "",
+        ] {
+            // At every offset within a word, and in the tail.
+            for cut in 0..s.len().min(9) {
+                let Some(s) = s.get(cut..) else { continue };
+                let mut out = Vec::new();
+                push_str(&mut out, s);
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    serde_json::to_string(s).unwrap()
+                );
+            }
+            let mut out = Vec::new();
+            push_str(&mut out, s);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(s).unwrap()
+            );
         }
     }
 
