@@ -9,7 +9,8 @@
 //! `cargo build --release && cargo run --release --example growth -- [--stores
 //! embedded,postgres] [--points 1000000,10000000,100000000] [--seconds 10]
 //! [--lookup-seconds 10] [--recent 1000000] [--connections 32] [--dir DIR] [--pg-server
-//! URL]`. Needs `wrk` and, for the PostgreSQL store, a server (default
+//! URL] [--prewarm]` (`--prewarm`: read PostgreSQL's table and index into its buffers after
+//! each load, as a server that has been running holds them). Needs `wrk` and, for the PostgreSQL store, a server (default
 //! `postgres://postgres@127.0.0.1:5432`) that lets `postgres` in without a password.
 //! Everything it creates (a directory under `--dir`, default the system's temporary one, and
 //! a database per store) is removed at the end.
@@ -524,6 +525,7 @@ fn main() {
     let lookup_seconds = arg_u64("--lookup-seconds", 10);
     let connections = arg_u64("--connections", 32);
     let recent = arg_u64("--recent", 1_000_000);
+    let prewarm = std::env::args().any(|a| a == "--prewarm");
     let pg_server =
         arg("--pg-server").unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".into());
     let base = arg("--dir").map_or_else(std::env::temp_dir, PathBuf::from);
@@ -579,6 +581,23 @@ fn main() {
                 Store::Postgres => load_postgres(&dir, &url, n),
             };
             let load_rate = n as f64 / start.elapsed().as_secs_f64();
+            if prewarm && store == Store::Postgres {
+                // A server that has run for a while holds its hot pages in its buffers; a
+                // bulk load leaves them cold (COPY writes through a small ring).
+                let rt = tokio::runtime::Runtime::new().unwrap();
+                rt.block_on(async {
+                    pg(&url)
+                        .await
+                        .batch_execute(
+                            "CREATE EXTENSION IF NOT EXISTS pg_prewarm; \
+                             SELECT pg_prewarm('tracking_records_pkey'); \
+                             SELECT pg_prewarm('tracking_records'); \
+                             SELECT pg_prewarm('tracking_customers')",
+                        )
+                        .await
+                        .unwrap()
+                });
+            }
             loaded += n;
             loaded_ranges.push((first, n));
             let s = synth.get_or_insert_with(|| {
