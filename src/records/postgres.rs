@@ -68,10 +68,13 @@ INSERT INTO tracking_voids (seq, voided_at, void_reason)
     ON CONFLICT (seq) DO NOTHING;
 ALTER TABLE tracking_numbers RENAME TO tracking_numbers_migrated";
 
-/// Whether the table of earlier releases is there to migrate.
-const WIDE_PRESENT: &str = "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+/// Whether the table of earlier releases is there to migrate (told by its columns, so that
+/// another application's table of that name is left alone).
+const WIDE_PRESENT: &str = "SELECT count(*) = 10 FROM information_schema.columns \
     WHERE table_schema = current_schema() AND table_name = 'tracking_numbers' \
-    AND column_name = 'tracking_number')";
+    AND column_name IN ('seq', 'tracking_number', 'customer_id', 'customer_name', \
+        'customer_slug', 'origin_country_id', 'destination_country_id', 'weight_grams', \
+        'order_created_at', 'issued_at')";
 
 /// Rows removed per statement by the retention.
 const EXPIRE_CHUNK: i64 = 5_000;
