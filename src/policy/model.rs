@@ -123,16 +123,13 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Whether `b` holds a byte JSON escapes (a control character, `"` or `\\`): eight bytes at a
-/// time (a word has such a byte when one of its bytes is below 0x20, or zero once XORed with
-/// `"` or `\\` repeated), then the rest one by one.
+/// time, then the rest one by one.
 fn needs_escape(b: &[u8]) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH != 0;
+    use crate::support::swar::{has_below, has_byte};
     let mut words = b.chunks_exact(8);
     let found = words.by_ref().fold(false, |acc, c| {
         let w = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
-        acc | below(w, 0x20) | below(w ^ (ONES * 0x22), 1) | below(w ^ (ONES * 0x5c), 1)
+        acc | has_below(w, 0x20) | has_byte(w, b'"') | has_byte(w, b'\\')
     });
     found
         || words

@@ -8,7 +8,7 @@
 //! records within the page cache of a modest machine.
 
 use super::{Batch, Fields, Lookup, Record, RecordSink, SinkError, SinkFuture, Void, Voiding};
-use crate::support::lazy::{Connection, Lazy};
+use crate::support::lazy::{self, Connection, Lazy};
 use crate::support::pg;
 use crate::support::tls::Tls;
 use crate::tracking::number::TrackingNumber;
@@ -16,7 +16,7 @@ use crate::tracking::permute::Permutation;
 use bytes::{BufMut, BytesMut};
 use futures_util::SinkExt;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -189,6 +189,8 @@ pub struct PostgresRecords {
     /// As many for lookups: one backend runs one query at a time, so concurrent lookups that
     /// read from disk wait on each other's reads on a single connection.
     readers: Vec<Lazy<Reader>>,
+    /// Where the next caller that finds every connection busy waits ([`lazy::any_of`]).
+    next_writer: AtomicUsize,
     next_reader: AtomicUsize,
     schema: tokio::sync::OnceCell<()>,
     /// Customer key ([`customer_key`]) → `tracking_customers.customer_ref`.
@@ -272,6 +274,7 @@ impl PostgresRecords {
             timeout,
             writers: (0..connections.max(1)).map(|_| Lazy::new()).collect(),
             readers: (0..connections.max(1)).map(|_| Lazy::new()).collect(),
+            next_writer: AtomicUsize::new(0),
             next_reader: AtomicUsize::new(0),
             schema: tokio::sync::OnceCell::new(),
             customers: Mutex::new(HashMap::new()),
@@ -376,11 +379,7 @@ impl PostgresRecords {
     }
 
     async fn write_batch(&self, batch: &Batch, retry: bool) -> Result<(), SinkError> {
-        // A free connection, or wait for the first.
-        let mut slot = match self.writers.iter().find_map(Lazy::try_lock) {
-            Some(s) => s,
-            None => self.writers[0].lock().await,
-        };
+        let mut slot = lazy::any_of(&self.writers, &self.next_writer).await;
         let client = slot.get(|| self.connect()).await?;
         // A connection that died without TCP noticing must not hold the batch (and every
         // durable request behind it) forever: give up, drop it, and retry on a new one.
@@ -511,16 +510,13 @@ impl PostgresRecords {
         &self,
         f: impl for<'c> FnOnce(&'c Reader) -> SinkFuture<'c, T>,
     ) -> Result<T, SinkError> {
-        let mut slot = match self.readers.iter().find_map(Lazy::try_lock) {
-            Some(s) => s,
-            None => {
-                // All busy: queue on one of them in turn, but not forever.
-                let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-                tokio::time::timeout(self.timeout * 4, self.readers[i].lock())
-                    .await
-                    .map_err(|_| unavailable("waited too long for a reader connection"))?
-            }
-        };
+        // All busy: wait for one in turn, but not forever.
+        let mut slot = tokio::time::timeout(
+            self.timeout * 4,
+            lazy::any_of(&self.readers, &self.next_reader),
+        )
+        .await
+        .map_err(|_| unavailable("waited too long for a reader connection"))?;
         let reader = slot.get(|| self.connect_reader()).await?;
         match tokio::time::timeout(self.timeout * 4, f(reader)).await {
             Ok(Ok(v)) => Ok(v),

@@ -74,18 +74,11 @@ const CLASS: [u8; 256] = {
     t
 };
 
-/// Whether any of the eight bytes of `w` is `&`, `=`, `%` or `+` (the classic test for a
-/// zero byte, applied to `w` xor each of them).
+/// Whether any of the eight bytes of `w` is `&`, `=`, `%` or `+`.
 #[inline(always)]
 fn any_special(w: u64) -> bool {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let zero = |v: u64| v.wrapping_sub(LO) & !v & HI;
-    zero(w ^ (LO * b'&' as u64))
-        | zero(w ^ (LO * b'=' as u64))
-        | zero(w ^ (LO * b'%' as u64))
-        | zero(w ^ (LO * b'+' as u64))
-        != 0
+    use super::swar::has_byte;
+    has_byte(w, b'&') | has_byte(w, b'=') | has_byte(w, b'%') | has_byte(w, b'+')
 }
 
 impl<'a> Iterator for Components<'a> {

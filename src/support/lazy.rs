@@ -63,6 +63,19 @@ impl<C: Connection> Lazy<C> {
     }
 }
 
+/// A free connection of `pool`, or else the turn of the one `next` points at (advanced on
+/// each wait, so that waiters spread over the pool instead of all queueing on the first).
+pub async fn any_of<'a, C: Connection>(
+    pool: &'a [Lazy<C>],
+    next: &std::sync::atomic::AtomicUsize,
+) -> Slot<'a, C> {
+    if let Some(s) = pool.iter().find_map(Lazy::try_lock) {
+        return s;
+    }
+    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % pool.len();
+    pool[i].lock().await
+}
+
 impl<C: Connection> Slot<'_, C> {
     /// The connection, connecting with `connect` first if there is none or it broke.
     pub async fn get<E, F, Fut>(&mut self, connect: F) -> Result<&mut C, E>
