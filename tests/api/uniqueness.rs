@@ -391,7 +391,7 @@ async fn seq_repair_finds_the_floor_and_refuses_a_lower_one() {
     let e = redis_env(&redis.url(), &[("TRACKD_RECORDS__POSTGRES_URL", db.url())]);
     let (ok, out) = run_seq(&["init"], &e, tmp.path());
     assert!(ok, "{out}");
-    let a = start(&tmp.path().join("a"), &e);
+    let mut a = start(&tmp.path().join("a"), &e);
     let client = reqwest::Client::new();
     let mut highest = 0;
     for _ in 0..300 {
@@ -405,6 +405,10 @@ async fn seq_repair_finds_the_floor_and_refuses_a_lower_one() {
             .unwrap();
         highest = highest.max(seq_of(v["tracking_number"].as_str().unwrap()));
     }
+    // A clean stop writes every queued record to PostgreSQL (records are `async`: a SIGKILL could
+    // leave the last batch unwritten, and repair could then find no record at all).
+    a.signal("TERM");
+    assert_eq!(a.wait_exit(Duration::from_secs(30)), Some(0));
     drop(a);
     // Redis loses everything.
     redis.cmd(&["FLUSHALL"]);
