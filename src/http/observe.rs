@@ -6,13 +6,21 @@
 use super::route::{Route, TEMPLATES};
 use crate::metrics::{HttpMetrics, method_index};
 use hyper::Response;
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
-use std::cell::Cell;
 use std::time::Instant;
 
 /// `X-Request-Id`, as a ready-made header name (no parsing per request).
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The first value of the request header `name`. A request carries a few headers: comparing
+/// their names costs less than hashing `name` for the map's lookup.
+pub fn header<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderValue> {
+    if headers.len() > 8 {
+        return headers.get(name);
+    }
+    headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+}
 
 /// A request id is kept when it is 1 to 128 visible ASCII characters.
 pub fn sane_request_id(v: &HeaderValue) -> bool {
@@ -20,33 +28,69 @@ pub fn sane_request_id(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| (0x21..=0x7e).contains(c))
 }
 
+/// Ids written at once per thread: one buffer, shared by the header values cut from it, so an
+/// id costs no allocation of its own.
+const BATCH: usize = 64;
+
+/// A thread's ids: its random prefix, its counter, and the batch being handed out.
+struct Ids {
+    prefix: u64,
+    next: u64,
+    batch: bytes::Bytes,
+    ends: [u16; BATCH],
+    taken: usize,
+}
+
 thread_local! {
-    /// (random per-thread prefix, counter): ids are unique without a shared atomic.
-    static ID_STATE: Cell<(u64, u64)> = Cell::new((thread_prefix(), 0));
-}
-
-fn thread_prefix() -> u64 {
-    crate::support::random::u64()
-}
-
-/// A new request id: 16 hex digits of a per-thread random prefix, `-`, a per-thread counter.
-pub fn new_request_id() -> HeaderValue {
-    let (prefix, n) = ID_STATE.with(|s| {
-        let (p, n) = s.get();
-        s.set((p, n.wrapping_add(1)));
-        (p, n)
+    /// Ids are unique without a shared atomic: a random prefix per thread, a counter.
+    static IDS: std::cell::RefCell<Ids> = std::cell::RefCell::new(Ids {
+        prefix: crate::support::random::u64(),
+        next: 0,
+        batch: bytes::Bytes::new(),
+        ends: [0; BATCH],
+        taken: BATCH,
     });
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 33];
-    for i in 0..16 {
-        buf[i] = HEX[((prefix >> (60 - 4 * i)) & 0xf) as usize];
+}
+
+impl Ids {
+    /// Writes the next [`BATCH`] ids.
+    fn refill(&mut self) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = Vec::with_capacity(BATCH * 33);
+        for end in &mut self.ends {
+            let n = self.next;
+            self.next = n.wrapping_add(1);
+            buf.extend((0..16).map(|i| HEX[((self.prefix >> (60 - 4 * i)) & 0xf) as usize]));
+            buf.push(b'-');
+            let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+            buf.extend(
+                (0..digits)
+                    .rev()
+                    .map(|i| HEX[((n >> (4 * i)) & 0xf) as usize]),
+            );
+            *end = buf.len() as u16;
+        }
+        self.batch = bytes::Bytes::from(buf);
+        self.taken = 0;
     }
-    buf[16] = b'-';
-    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
-    for i in 0..digits {
-        buf[17 + i] = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
-    }
-    HeaderValue::from_bytes(&buf[..17 + digits]).expect("hex digits are a valid header value")
+}
+
+/// A new request id: 16 hex digits of a per-thread random prefix, `-`, a per-thread counter
+/// in hex.
+pub fn new_request_id() -> HeaderValue {
+    IDS.with_borrow_mut(|ids| {
+        if ids.taken == BATCH {
+            ids.refill();
+        }
+        let start = match ids.taken {
+            0 => 0,
+            i => usize::from(ids.ends[i - 1]),
+        };
+        let end = usize::from(ids.ends[ids.taken]);
+        ids.taken += 1;
+        HeaderValue::from_maybe_shared(ids.batch.slice(start..end))
+            .expect("hex digits are a valid header value")
+    })
 }
 
 /// What is known of a request when it starts, kept until its response is ready.
@@ -63,9 +107,7 @@ impl Observation {
             started: Instant::now(),
             route: route.index(),
             method: method_index(&req.method),
-            request_id: req
-                .headers
-                .get(&REQUEST_ID)
+            request_id: header(&req.headers, &REQUEST_ID)
                 .filter(|v| sane_request_id(v))
                 .cloned(),
         }
@@ -112,5 +154,35 @@ mod tests {
         let s = a.to_str().unwrap();
         assert!(s.len() >= 18, "{s}");
         assert_eq!(&s[16..17], "-");
+        // Across batches, every id is new, and counts on from the one before.
+        let ids: Vec<HeaderValue> = (0..3 * BATCH).map(|_| new_request_id()).collect();
+        let distinct: std::collections::HashSet<&HeaderValue> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        let counter =
+            |v: &HeaderValue| u64::from_str_radix(&v.to_str().unwrap()[17..], 16).unwrap();
+        for w in ids.windows(2) {
+            assert_eq!(counter(&w[1]), counter(&w[0]) + 1, "{w:?}");
+        }
+    }
+
+    #[test]
+    fn a_header_is_found_as_the_map_finds_it() {
+        let idem = HeaderName::from_static("idempotency-key");
+        for extra in [0, 3, 20] {
+            let mut h = HeaderMap::new();
+            for i in 0..extra {
+                h.insert(
+                    HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("v"),
+                );
+            }
+            assert_eq!(header(&h, &REQUEST_ID), None);
+            h.append(&REQUEST_ID, HeaderValue::from_static("first"));
+            h.append(&REQUEST_ID, HeaderValue::from_static("second"));
+            h.insert(&idem, HeaderValue::from_static("k"));
+            assert_eq!(header(&h, &REQUEST_ID), h.get(&REQUEST_ID), "{extra}");
+            assert_eq!(header(&h, &idem), h.get(&idem), "{extra}");
+            assert_eq!(header(&h, &hyper::header::HOST), None);
+        }
     }
 }

@@ -124,7 +124,7 @@ fn now(route: Route<'_>, parts: &Parts, state: &AppState, side: Side) -> Result<
     let client = match route.scope() {
         None => None,
         Some(scope) => {
-            let authorization = parts.headers.get(header::AUTHORIZATION);
+            let authorization = super::observe::header(&parts.headers, &header::AUTHORIZATION);
             match state
                 .keys
                 .check(authorization.map(HeaderValue::as_bytes), scope)

@@ -237,7 +237,7 @@ pub fn parse_void(bytes: &[u8]) -> Result<Option<String>, ApiError> {
 /// The request's `Idempotency-Key`, if it sent one: the client's own (another client's key of
 /// the same name is another key).
 fn idempotency_key(headers: &HeaderMap, client: Option<&str>) -> Result<Option<Key>, ApiError> {
-    match headers.get(&IDEMPOTENCY_KEY) {
+    match super::observe::header(headers, &IDEMPOTENCY_KEY) {
         None => Ok(None),
         Some(v) => Key::parse(v.as_bytes(), client)
             .map(Some)

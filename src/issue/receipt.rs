@@ -27,9 +27,9 @@ pub fn single(order: &Order, issued: &Issued) -> Vec<u8> {
     b.extend_from_slice(b"\",\"customer_id\":\"");
     b.extend_from_slice(customer_id.as_bytes());
     b.extend_from_slice(b"\",\"origin_country_id\":\"");
-    b.extend_from_slice(order.origin.as_str().as_bytes());
+    b.extend_from_slice(&order.origin.as_bytes());
     b.extend_from_slice(b"\",\"destination_country_id\":\"");
-    b.extend_from_slice(order.destination.as_str().as_bytes());
+    b.extend_from_slice(&order.destination.as_bytes());
     b.extend_from_slice(b"\",\"created_at\":\"");
     rfc3339::write_micros(&mut b, issued.issued_at);
     b.extend_from_slice(b"\"}");

@@ -64,21 +64,39 @@ impl<'a> Components<'a> {
     }
 }
 
-/// Bytes a query's scan stops at: 1 `&`, 2 `=`, 4 an escape (`%` or `+`).
-const CLASS: [u8; 256] = {
-    let mut t = [0u8; 256];
-    t[b'&' as usize] = 1;
-    t[b'=' as usize] = 2;
-    t[b'%' as usize] = 4;
-    t[b'+' as usize] = 4;
+/// Bytes a query's scan stops at: `&`, `=`, and the escapes `%` and `+`.
+const CLASS: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'&' as usize] = true;
+    t[b'=' as usize] = true;
+    t[b'%' as usize] = true;
+    t[b'+' as usize] = true;
     t
 };
 
-/// Whether any of the eight bytes of `w` is `&`, `=`, `%` or `+`.
+/// The high bit of each byte of `w` that the scan stops at (byte `j` is bit `8 j + 7`).
 #[inline(always)]
-fn any_special(w: u64) -> bool {
-    use super::swar::has_byte;
-    has_byte(w, b'&') | has_byte(w, b'=') | has_byte(w, b'%') | has_byte(w, b'+')
+fn specials(w: [u8; 8]) -> u64 {
+    use super::swar::{matches_ascii, splat};
+    let x = u64::from_le_bytes(w);
+    if x & splat(0x80) == 0 {
+        return matches_ascii(x, b'&')
+            | matches_ascii(x, b'=')
+            | matches_ascii(x, b'%')
+            | matches_ascii(x, b'+');
+    }
+    specials_of(&w)
+}
+
+/// [`specials`] byte by byte: for non-ASCII words and the last few bytes of a query.
+fn specials_of(bytes: &[u8]) -> u64 {
+    let mut mask = 0;
+    for (j, &c) in bytes.iter().enumerate() {
+        if CLASS[c as usize] {
+            mask |= 0x80 << (8 * j);
+        }
+    }
+    mask
 }
 
 impl<'a> Iterator for Components<'a> {
@@ -87,45 +105,47 @@ impl<'a> Iterator for Components<'a> {
     fn next(&mut self) -> Option<Component<'a>> {
         let b = self.raw.as_bytes();
         loop {
-            if self.at >= b.len() {
+            let start = self.at;
+            if start >= b.len() {
                 return None;
             }
-            let start = self.at;
             let mut eq = None;
             let (mut key_encoded, mut value_encoded) = (false, false);
-            let mut i = start;
-            loop {
-                // The plain bytes between separators and escapes: eight at a time, then one
-                // by one up to the next byte of interest.
-                while let Some(w) = b.get(i..i + 8) {
-                    if any_special(u64::from_le_bytes(w.try_into().expect("8 bytes"))) {
-                        break;
+            // Eight bytes at a time: a mask of the bytes of interest, visited in order, so a
+            // plain byte costs nothing beyond its share of the word.
+            let end = 'scan: {
+                let mut base = start;
+                while base < b.len() {
+                    let mut mask = match b.get(base..base + 8) {
+                        Some(w) => specials(w.try_into().expect("8 bytes")),
+                        None => specials_of(&b[base..]),
+                    };
+                    while mask != 0 {
+                        let i = base + (mask.trailing_zeros() / 8) as usize;
+                        mask &= mask - 1;
+                        match b[i] {
+                            b'&' => break 'scan i,
+                            b'=' => {
+                                if eq.is_none() {
+                                    eq = Some(i);
+                                }
+                            }
+                            _ if eq.is_none() => key_encoded = true,
+                            _ => value_encoded = true,
+                        }
                     }
-                    i += 8;
+                    base += 8;
                 }
-                while i < b.len() && CLASS[b[i] as usize] == 0 {
-                    i += 1;
-                }
-                if i == b.len() {
-                    break;
-                }
-                match CLASS[b[i] as usize] {
-                    1 => break,
-                    2 if eq.is_none() => eq = Some(i),
-                    4 if eq.is_none() => key_encoded = true,
-                    4 => value_encoded = true,
-                    _ => {}
-                }
-                i += 1;
-            }
-            self.at = i + 1;
-            if i == start {
+                b.len()
+            };
+            self.at = end + 1;
+            if end == start {
                 continue; // an empty component (`&&`)
             }
             // Separators are ASCII: the slices are on character boundaries.
             let (key, value) = match eq {
-                Some(e) => (&self.raw[start..e], &self.raw[e + 1..i]),
-                None => (&self.raw[start..i], ""),
+                Some(e) => (&self.raw[start..e], &self.raw[e + 1..end]),
+                None => (&self.raw[start..end], ""),
             };
             return Some(Component {
                 key,
@@ -188,41 +208,72 @@ pub fn is_encoded(s: &str) -> bool {
 /// and `form_urlencoded` do).
 pub fn decode(s: &str) -> Value<'_> {
     let b = s.as_bytes();
-    let Some(mut i) = first_escape(b) else {
+    if first_escape(b).is_none() {
         return Ok(Cow::Borrowed(s));
-    };
-    let mut out = Vec::with_capacity(b.len());
-    out.extend_from_slice(&b[..i]);
-    while i < b.len() {
-        match b[i] {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b'%' => match (
-                b.get(i + 1).and_then(|&c| hex(c)),
-                b.get(i + 2).and_then(|&c| hex(c)),
-            ) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 3;
-                }
-                _ => {
-                    out.push(b'%');
-                    i += 1;
-                }
-            },
-            _ => {
-                // A run of plain bytes, copied at once.
-                let run = first_escape(&b[i..]).unwrap_or(b.len() - i);
-                out.extend_from_slice(&b[i..i + run]);
-                i += run;
-            }
-        }
     }
+    // A short component (a name) is decoded on the stack, then copied once at its length.
+    let mut stack = [0u8; 128];
+    let out = match stack.get_mut(..b.len()) {
+        Some(buf) => {
+            let n = unescape(b, buf);
+            buf[..n].to_vec()
+        }
+        None => {
+            let mut out = vec![0; b.len()];
+            let n = unescape(b, &mut out);
+            out.truncate(n);
+            out
+        }
+    };
     String::from_utf8(out)
         .map(Cow::Owned)
         .map_err(|_| InvalidUtf8)
+}
+
+/// [`decode`] into `buf`, without allocating: `None` when `buf` is shorter than `s` (a
+/// decoded component is never longer than it was sent).
+pub fn decode_in<'b>(s: &str, buf: &'b mut [u8]) -> Option<Result<&'b str, InvalidUtf8>> {
+    let out = buf.get_mut(..s.len())?;
+    let n = unescape(s.as_bytes(), out);
+    Some(std::str::from_utf8(&out[..n]).map_err(|_| InvalidUtf8))
+}
+
+/// Writes the decoded bytes of `b` to `out` (at least as long as `b`); returns how many.
+fn unescape(b: &[u8], out: &mut [u8]) -> usize {
+    use super::swar::has_byte;
+    let (mut i, mut n) = (0, 0);
+    while i < b.len() {
+        // Eight plain bytes copied at once.
+        if let Some(w) = b.get(i..i + 8) {
+            let w: [u8; 8] = w.try_into().expect("8 bytes");
+            let x = u64::from_le_bytes(w);
+            if !has_byte(x, b'%') && !has_byte(x, b'+') {
+                out[n..n + 8].copy_from_slice(&w);
+                (i, n) = (i + 8, n + 8);
+                continue;
+            }
+        }
+        // Else the next eight bytes one by one (an escape may run past them).
+        let stop = b.len().min(i + 8);
+        while i < stop {
+            out[n] = match b[i] {
+                b'+' => b' ',
+                b'%' => match (
+                    b.get(i + 1).and_then(|&c| hex(c)),
+                    b.get(i + 2).and_then(|&c| hex(c)),
+                ) {
+                    (Some(h), Some(l)) => {
+                        i += 2;
+                        h << 4 | l
+                    }
+                    _ => b'%',
+                },
+                c => c,
+            };
+            (i, n) = (i + 1, n + 1);
+        }
+    }
+    n
 }
 
 #[cfg(test)]
@@ -238,27 +289,38 @@ mod tests {
         assert_eq!(decode("%41").unwrap(), "A");
         assert_eq!(decode("plain").unwrap(), "plain");
         assert_eq!(decode("%FF%FE"), Err(InvalidUtf8));
+        let mut buf = [0; 8];
+        assert_eq!(decode_in("a+b%20c", &mut buf), Some(Ok("a b c")));
+        assert_eq!(decode_in("%FF", &mut buf), Some(Err(InvalidUtf8)));
+        assert_eq!(
+            decode_in("%41%42%43", &mut buf),
+            None,
+            "longer than the buffer"
+        );
+        assert_eq!(decode_in("12345678", &mut buf), Some(Ok("12345678")));
     }
 
     #[test]
-    fn eight_bytes_at_a_time_finds_every_byte_of_interest() {
+    fn the_mask_marks_exactly_the_bytes_of_interest() {
+        let expected = |w: &[u8]| {
+            w.iter()
+                .enumerate()
+                .filter(|(_, c)| CLASS[**c as usize])
+                .fold(0u64, |m, (j, _)| m | 0x80 << (8 * j))
+        };
         for at in 0..8 {
             for c in [b'&', b'=', b'%', b'+'] {
                 let mut w = *b"abcdefgh";
                 w[at] = c;
-                assert!(any_special(u64::from_le_bytes(w)), "{c} at {at}");
+                assert_eq!(specials(w), 0x80 << (8 * at), "{c} at {at}");
             }
         }
-        for w in [*b"abcdefgh", [0xff; 8], [0; 8], *b"%%%%%%%%"] {
-            let expected = w.iter().any(|&c| CLASS[c as usize] != 0);
-            assert_eq!(any_special(u64::from_le_bytes(w)), expected, "{w:?}");
-        }
-        // Every byte value next to every other: no false positive or negative.
+        // Every byte value next to every other, in whole words and in short tails.
         for x in 0..=255u8 {
             for y in 0..=255u8 {
-                let w = [x, y, b'a', b'b', b'c', b'd', b'e', b'f'];
-                let expected = CLASS[x as usize] != 0 || CLASS[y as usize] != 0;
-                assert_eq!(any_special(u64::from_le_bytes(w)), expected, "{x} {y}");
+                let w = [x, y, b'%', b'b', y, x, b'&', b'='];
+                assert_eq!(specials(w), expected(&w), "{x} {y}");
+                assert_eq!(specials_of(&w[..3]), expected(&w[..3]), "{x} {y}");
             }
         }
     }

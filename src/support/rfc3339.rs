@@ -116,24 +116,45 @@ pub const WRITTEN_LEN: usize = 27;
 /// accepted by [`parse`] or read from the clock is) is clamped to the nearest end.
 pub fn write_micros(out: &mut Vec<u8>, t: OffsetDateTime) {
     let us = unix_micros(t).clamp(FIRST_MICROS, LAST_MICROS);
-    let (days, in_day) = (us.div_euclid(86_400_000_000), us.rem_euclid(86_400_000_000));
-    let (year, month, day) = civil_from_days(days);
-    let secs = in_day / 1_000_000;
+    let (secs, micros) = (us.div_euclid(1_000_000), us.rem_euclid(1_000_000));
     let mut buf = *b"0000-00-00T00:00:00.000000Z";
-    let mut put = |at: usize, width: usize, mut v: u64| {
-        for i in (at..at + width).rev() {
-            buf[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(0, 4, year as u64);
-    put(5, 2, u64::from(month));
-    put(8, 2, u64::from(day));
-    put(11, 2, (secs / 3600) as u64);
-    put(14, 2, (secs / 60 % 60) as u64);
-    put(17, 2, (secs % 60) as u64);
-    put(20, 6, (in_day % 1_000_000) as u64);
+    buf[..19].copy_from_slice(&second_prefix(secs));
+    put_digits(&mut buf[20..26], micros as u64);
     out.extend_from_slice(&buf);
+}
+
+thread_local! {
+    /// The last second written by this thread, and its `YYYY-MM-DDTHH:MM:SS`: the clock's
+    /// instants come in order, and a busy thread writes many in each second.
+    static LAST_SECOND: std::cell::Cell<(i64, [u8; 19])> =
+        const { std::cell::Cell::new((i64::MIN, [0; 19])) };
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix second within the years 0001–9999.
+fn second_prefix(secs: i64) -> [u8; 19] {
+    let (last, prefix) = LAST_SECOND.get();
+    if last == secs {
+        return prefix;
+    }
+    let (days, in_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    let mut p = *b"0000-00-00T00:00:00";
+    put_digits(&mut p[0..4], year as u64);
+    put_digits(&mut p[5..7], u64::from(month));
+    put_digits(&mut p[8..10], u64::from(day));
+    put_digits(&mut p[11..13], (in_day / 3600) as u64);
+    put_digits(&mut p[14..16], (in_day / 60 % 60) as u64);
+    put_digits(&mut p[17..19], (in_day % 60) as u64);
+    LAST_SECOND.set((secs, p));
+    p
+}
+
+/// `v`'s last `out.len()` decimal digits, zero-padded.
+fn put_digits(out: &mut [u8], mut v: u64) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
 }
 
 /// Unix microseconds of `t`, floored (an instant before 1970 keeps its microsecond), without
@@ -243,6 +264,14 @@ mod tests {
             951_782_400_000_000,
             1_763_878_759_250_019,
             -62_135_596_800_000_001,
+            // One second after another, and within one: the written second is reused.
+            1_763_878_759_999_999,
+            1_763_878_760_000_000,
+            1_763_878_760_000_001,
+            1_763_878_759_000_000,
+            -1_000_001,
+            -1_000_000,
+            -999_999,
         ] {
             let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).unwrap();
             let clamped = t.clamp(

@@ -18,3 +18,12 @@ pub fn has_below(w: u64, n: u8) -> bool {
 pub fn has_byte(w: u64, b: u8) -> bool {
     has_below(w ^ splat(b), 1)
 }
+
+/// The high bit of each byte of `w` equal to `b`, exactly, when every byte of `w` and `b` are
+/// ASCII: `x ^ b` is then below 0x80, and adding 0x7f sets its high bit unless it is zero,
+/// with no carry into the next byte.
+#[inline(always)]
+pub fn matches_ascii(w: u64, b: u8) -> u64 {
+    debug_assert!(w & splat(0x80) == 0 && b < 0x80);
+    !((w ^ splat(b)).wrapping_add(splat(0x7f))) & splat(0x80)
+}

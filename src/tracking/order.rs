@@ -30,20 +30,20 @@ impl Weight {
     /// Parses a plain decimal number of kilograms.
     pub fn parse(s: &str) -> Result<Self, &'static str> {
         const INVALID: &str = "A valid number is required.";
-        let (negative, body) = match s.strip_prefix('-') {
-            Some(rest) => (true, rest),
-            None => (false, s),
+        let (negative, body) = match s.as_bytes() {
+            [b'-', rest @ ..] => (true, rest),
+            b => (false, b),
         };
-        let (int, frac) = body.split_once('.').unwrap_or((body, ""));
-        let digits_ok = |p: &str| p.bytes().all(|c| c.is_ascii_digit());
-        if int.is_empty() && frac.is_empty() || !digits_ok(int) || !digits_ok(frac) {
+        let (int, frac) = match body.iter().position(|&c| c == b'.') {
+            Some(dot) => (&body[..dot], &body[dot + 1..]),
+            None => (body, &[][..]),
+        };
+        let digits = |p: &[u8]| p.iter().all(u8::is_ascii_digit);
+        if int.is_empty() && frac.is_empty() || !digits(int) || !digits(frac) {
             return Err(INVALID);
         }
-        if body.ends_with('.') && frac.is_empty() && int.is_empty() {
-            return Err(INVALID);
-        }
-        let int = int.trim_start_matches('0');
-        let is_zero = int.is_empty() && frac.bytes().all(|c| c == b'0');
+        let int = &int[int.iter().take_while(|&&c| c == b'0').count()..];
+        let is_zero = int.is_empty() && frac.iter().all(|&c| c == b'0');
         if negative || is_zero {
             return Err("Must be greater than 0.");
         }
@@ -53,16 +53,10 @@ impl Weight {
         if int.len() > 4 {
             return Err("Ensure this value is less than or equal to 9999.999.");
         }
-        let whole: u32 = if int.is_empty() {
-            0
-        } else {
-            int.parse().map_err(|_| INVALID)?
-        };
-        let mut milli: u32 = 0;
-        for (i, c) in frac.bytes().enumerate() {
-            milli += (c - b'0') as u32 * 10u32.pow(2 - i as u32);
-        }
-        Ok(Self(whole * 1000 + milli))
+        // At most four and three digits: no overflow.
+        let value = |p: &[u8]| p.iter().fold(0, |v, &c| v * 10 + u32::from(c - b'0'));
+        let milli = value(frac) * [1000, 100, 10, 1][frac.len()];
+        Ok(Self(value(int) * 1000 + milli))
     }
 }
 
@@ -128,13 +122,19 @@ impl CustomerSlug {
         if s.len() > 255 {
             return Err("Ensure this field has no more than 255 characters.");
         }
-        // Words of lower-case letters and digits, joined by single hyphens.
-        let b = s.as_bytes();
-        let words_ok = b[0] != b'-'
-            && b[b.len() - 1] != b'-'
-            && b.iter()
-                .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-            && !b.windows(2).any(|w| w == b"--");
+        // Words of lower-case letters and digits, joined by single hyphens: no hyphen first,
+        // last, or after another.
+        let mut after_hyphen = true;
+        let words_ok = s.bytes().all(|c| {
+            let hyphen = c == b'-';
+            let ok = if hyphen {
+                !after_hyphen
+            } else {
+                c.is_ascii_lowercase() || c.is_ascii_digit()
+            };
+            after_hyphen = hyphen;
+            ok
+        }) && !after_hyphen;
         if !words_ok {
             return Err(
                 "Enter a valid kebab-case slug: lower-case letters and digits, words separated by single hyphens (e.g. 'redbox-logistics').",
@@ -233,9 +233,15 @@ pub enum Raw<'a> {
     #[default]
     Missing,
     Value(Cow<'a, str>),
+    /// Present, percent-encoded as sent: decoded when validated (an instant, into a buffer on
+    /// the stack).
+    Encoded(&'a str),
     /// Present but unusable as text; the message says why.
     Invalid(&'static str),
 }
+
+/// The message for a value whose decoded bytes are not UTF-8.
+const NOT_UTF8: &str = "Must be valid UTF-8 text.";
 
 /// The message for a parameter given more than once.
 pub const REPEATED: &str = "This parameter was given more than once.";
@@ -277,9 +283,7 @@ impl<'a> OrderFields<'a> {
             if let Some(slot) = fields.field_mut(&name) {
                 *slot = match (&*slot, value) {
                     (Raw::Missing, Ok(v)) => Raw::Value(v),
-                    (Raw::Missing, Err(form::InvalidUtf8)) => {
-                        Raw::Invalid("Must be valid UTF-8 text.")
-                    }
+                    (Raw::Missing, Err(form::InvalidUtf8)) => Raw::Invalid(NOT_UTF8),
                     _ => Raw::Invalid(REPEATED),
                 };
             }
@@ -287,8 +291,9 @@ impl<'a> OrderFields<'a> {
         fields
     }
 
-    /// The fields of a query string: the same as `from_pairs(form::pairs(raw))`, in one pass
-    /// over its bytes ([`form::Components`]) that decodes the values of known fields only.
+    /// The fields of a query string, in one pass over its bytes ([`form::Components`]): they
+    /// validate as `from_pairs(form::pairs(raw))` do, and the values of known fields only are
+    /// decoded, when validated.
     pub fn from_query(raw: Option<&'a str>) -> Self {
         let mut fields = Self::default();
         for c in form::Components::new(raw.unwrap_or("")) {
@@ -301,16 +306,9 @@ impl<'a> OrderFields<'a> {
                 fields.field_mut(c.key)
             };
             if let Some(slot) = slot {
-                let value = if c.value_encoded {
-                    form::decode(c.value)
-                } else {
-                    Ok(Cow::Borrowed(c.value))
-                };
-                *slot = match (&*slot, value) {
-                    (Raw::Missing, Ok(v)) => Raw::Value(v),
-                    (Raw::Missing, Err(form::InvalidUtf8)) => {
-                        Raw::Invalid("Must be valid UTF-8 text.")
-                    }
+                *slot = match slot {
+                    Raw::Missing if c.value_encoded => Raw::Encoded(c.value),
+                    Raw::Missing => Raw::Value(Cow::Borrowed(c.value)),
                     _ => Raw::Invalid(REPEATED),
                 };
             }
@@ -350,6 +348,13 @@ impl TryFrom<OrderFields<'_>> for Order {
         ) -> Option<T> {
             match raw {
                 Raw::Value(v) => parse(v).map_err(|m| errors.add(name, m)).ok(),
+                Raw::Encoded(s) => match form::decode(s) {
+                    Ok(v) => parse(v).map_err(|m| errors.add(name, m)).ok(),
+                    Err(form::InvalidUtf8) => {
+                        errors.add(name, NOT_UTF8);
+                        None
+                    }
+                },
                 Raw::Missing if !required => None,
                 Raw::Missing => {
                     errors.add(name, "This field is required.");
@@ -384,7 +389,17 @@ impl TryFrom<OrderFields<'_>> for Order {
         let weight = field(&mut errors, "weight", f.weight, true, |s| {
             Weight::parse(&s).map_err(String::from)
         });
-        let created_at = field(&mut errors, "created_at", f.created_at, false, |s| {
+        // An instant is short: decoded on the stack, and only parsed.
+        let mut buf = [0u8; 64];
+        let created_raw = match f.created_at {
+            Raw::Encoded(s) => match form::decode_in(s, &mut buf) {
+                Some(Ok(t)) => Raw::Value(Cow::Borrowed(t)),
+                Some(Err(form::InvalidUtf8)) => Raw::Invalid(NOT_UTF8),
+                None => Raw::Encoded(s),
+            },
+            raw => raw,
+        };
+        let created_at = field(&mut errors, "created_at", created_raw, false, |s| {
             rfc3339::parse(&s).map_err(String::from)
         });
         let customer_id = field(&mut errors, "customer_id", f.customer_id, true, |s| {
