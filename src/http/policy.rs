@@ -3,12 +3,12 @@
 //! `{"data": …, "status": true}`; errors `{"data": "<message>", "status": false}`.
 
 use super::error::{ApiError, Handled};
-use super::response::{self, Body, Envelope};
+use super::response::{self, Body};
 use super::route::Route;
 use super::state::AppState;
 use crate::policy::cache::Snapshot;
 use crate::policy::export::{self, DumpFormat, DumpRow};
-use crate::policy::model::{self, PolicyDetailJson, Timestamp};
+use crate::policy::model::{self, Timestamp};
 use crate::support::form::{Param, Query};
 use bytes::Bytes;
 use http_body_util::StreamBody;
@@ -16,24 +16,12 @@ use hyper::body::Frame;
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
-use serde::Serialize;
 use std::sync::Arc;
 
 /// Users serialised per chunk of the streamed `user_list/`.
 const STREAM_BATCH: usize = 512;
 /// Dumps with more rows than this are rendered on the blocking pool (XLSX always is).
 const INLINE_DUMP_ROWS: usize = 256;
-
-fn ok(data: impl Serialize) -> Response<Body> {
-    let mut buf = Vec::with_capacity(512);
-    match serde_json::to_writer(&mut buf, &Envelope { data, status: true }) {
-        Ok(()) => response::json_bytes(StatusCode::OK, buf),
-        Err(e) => {
-            tracing::error!(error = %e, "policy response serialisation failed");
-            response::envelope_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.")
-        }
-    }
-}
 
 /// A non-negative integer id (ASCII digits only, fits in 63 bits).
 pub fn parse_id(raw: &str) -> Option<i64> {
@@ -120,8 +108,8 @@ fn user_policy(snap: &Snapshot, id: i64) -> Handled {
 }
 
 fn policy_detail(snap: &Snapshot, id: i64) -> Handled {
-    match snap.policy(id) {
-        Some(p) => Ok(ok([PolicyDetailJson::new(snap, p)])),
+    match snap.policy_detail_body(id) {
+        Some(body) => Ok(response::json_bytes(StatusCode::OK, body.clone())),
         None => Err(ApiError::Policy(
             StatusCode::NOT_FOUND,
             format!("No policy with id {id}.").into(),

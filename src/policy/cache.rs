@@ -164,6 +164,9 @@ pub struct Snapshot {
     /// Each policy's part of a `user_policy/` row (`"policy_id":…,"policy__name":…`), rendered
     /// once per load: policies are few, and every row of every user repeats one.
     policy_row_json: Vec<Box<str>>,
+    /// Each policy's whole `policy_detail/` body, rendered once per load: an answer is then a
+    /// reference to it.
+    policy_detail: Vec<bytes::Bytes>,
     loaded_at: SystemTime,
 }
 
@@ -232,6 +235,14 @@ impl Snapshot {
         })
     }
 
+    /// The `policy_detail/<id>/` body of a policy: `{"data":[{…}],"status":true}`.
+    pub fn policy_detail_body(&self, id: i64) -> Option<&bytes::Bytes> {
+        self.policies
+            .binary_search_by_key(&id, |p| p.id)
+            .ok()
+            .map(|i| &self.policy_detail[i])
+    }
+
     pub fn policy(&self, id: i64) -> Option<&Policy> {
         self.policies
             .binary_search_by_key(&id, |p| p.id)
@@ -265,6 +276,11 @@ impl Snapshot {
                 .policy_row_json
                 .iter()
                 .map(|s| s.len() + 16)
+                .sum::<usize>()
+            + self
+                .policy_detail
+                .iter()
+                .map(|b| b.len() + 32)
                 .sum::<usize>()
             + self.up_start.capacity() * 8
             + self.up_expiry.capacity() * 8
@@ -571,6 +587,7 @@ impl SnapshotBuilder {
             categories,
             user_json: StrCol::default(),
             policy_row_json: Vec::new(),
+            policy_detail: Vec::new(),
             loaded_at: SystemTime::now(),
         };
         let mut user_json = StrCol::with_capacity(n_users);
@@ -589,6 +606,15 @@ impl SnapshotBuilder {
                 buf.clear();
                 super::model::write_policy_row_part(&mut buf, p);
                 String::from_utf8_lossy(&buf).into()
+            })
+            .collect();
+        snap.policy_detail = snap
+            .policies
+            .iter()
+            .map(|p| {
+                let mut body = Vec::with_capacity(512);
+                super::model::write_policy_detail(&mut body, p, &snap.category_of(p).name);
+                bytes::Bytes::from(body)
             })
             .collect();
         snap.user_ids.shrink_to_fit();

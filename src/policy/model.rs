@@ -221,6 +221,26 @@ pub fn write_policy_row_part(out: &mut Vec<u8>, p: &Policy) {
     push_str(out, &p.name);
 }
 
+/// The whole body of `policy_detail/<id>/` (the serde form of [`PolicyDetailJson`] in the
+/// envelope): `{"data":[{…}],"status":true}`.
+pub fn write_policy_detail(out: &mut Vec<u8>, p: &Policy, category: &str) {
+    out.extend_from_slice(b"{\"data\":[{\"id\":");
+    push_int(out, p.id);
+    out.extend_from_slice(b",\"name\":");
+    push_str(out, &p.name);
+    out.extend_from_slice(b",\"policy_product_code\":");
+    push_str(out, &p.product_code);
+    out.extend_from_slice(b",\"description\":");
+    push_str(out, &p.description);
+    out.extend_from_slice(b",\"policy_category__name\":");
+    push_str(out, category);
+    out.extend_from_slice(b",\"tnc\":");
+    push_str(out, &p.tnc);
+    out.extend_from_slice(b",\"coverage_years\":");
+    push_int(out, p.coverage_years);
+    out.extend_from_slice(b"}],\"status\":true}");
+}
+
 /// The `data` array of `user_policy/` for the user at index `i`.
 pub fn write_user_policies(out: &mut Vec<u8>, snap: &Snapshot, i: usize) {
     let user = snap.user(i);
@@ -328,7 +348,27 @@ mod tests {
             Some(5),
         )
         .unwrap();
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            data: [PolicyDetailJson<'a>; 1],
+            status: bool,
+        }
         for snap in [data.snapshot().unwrap(), b.build().unwrap()] {
+            let mut ids = Vec::new();
+            for i in 0..snap.user_count() {
+                ids.extend(snap.user_policies(i).map(|up| up.policy.id));
+            }
+            for id in ids {
+                let p = snap.policy(id).unwrap();
+                let expected = Envelope {
+                    data: [PolicyDetailJson::new(&snap, p)],
+                    status: true,
+                };
+                assert_eq!(
+                    snap.policy_detail_body(id).unwrap()[..],
+                    serde_json::to_vec(&expected).unwrap()[..]
+                );
+            }
             for i in 0..snap.user_count() {
                 let u = snap.user(i);
                 let mut out = Vec::new();
