@@ -14,6 +14,10 @@ pub const OUT_OF_RANGE: &str =
 
 /// The earliest and latest instants accepted (their UTC years are 0001 and 9999).
 fn in_range(t: OffsetDateTime) -> bool {
+    // An offset is less than a day: a local year of 0002–9998 is a UTC year of 0001–9999.
+    if (2..=9998).contains(&t.year()) {
+        return true;
+    }
     t.checked_to_offset(UtcOffset::UTC)
         .is_some_and(|u| (1..=9999).contains(&u.year()))
 }
