@@ -11,7 +11,6 @@ use super::{
 use crate::tracking::number::TrackingNumber;
 use crate::tracking::permute::Permutation;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -175,19 +174,22 @@ fn quarantined_groups(tx: &redb::ReadTransaction) -> Result<Vec<u64>, redb::Erro
 /// that does not decode is set aside in [`QUARANTINE`] (returned, to be logged and counted)
 /// and written anew, so that one bad group never stops the indexing of the rest.
 fn apply(tx: &redb::WriteTransaction, batches: &[Arc<Batch>]) -> Result<Vec<u64>, redb::Error> {
-    let mut groups: BTreeMap<u64, BTreeMap<u64, Entry<'_>>> = BTreeMap::new();
-    for b in batches {
-        for e in b.entries() {
-            groups
-                .entry(e.seq >> GROUP_BITS)
-                .or_default()
-                .insert(e.seq, e);
+    // Every entry by sequence (mostly in order already); of two for one sequence, the later
+    // batch's: the sort is stable, and the last of a run of equals is kept.
+    let mut entries: Vec<Entry<'_>> = batches.iter().flat_map(|b| b.entries()).collect();
+    entries.sort_by_key(|e| e.seq);
+    entries.dedup_by(|later, kept| {
+        let same = later.seq == kept.seq;
+        if same {
+            *kept = *later;
         }
-    }
+        same
+    });
     let mut t = tx.open_table(RECORD_GROUPS)?;
     let mut merged = Batch::default();
     let mut set_aside = Vec::new();
-    for (group, entries) in groups {
+    for run in entries.chunk_by(|a, b| a.seq >> GROUP_BITS == b.seq >> GROUP_BITS) {
+        let group = run[0].seq >> GROUP_BITS;
         let stored = match t.get(group)? {
             Some(v) => {
                 let bytes = v.value().to_vec();
@@ -206,15 +208,35 @@ fn apply(tx: &redb::WriteTransaction, batches: &[Arc<Batch>]) -> Result<Vec<u64>
             }
             None => None,
         };
-        let mut entries = entries;
-        if let Some(old) = &stored {
-            for e in old.entries() {
-                entries.entry(e.seq).or_insert(e);
-            }
-        }
         merged.clear();
-        for e in entries.values() {
-            merged.push_entry(e);
+        match &stored {
+            None => run.iter().for_each(|e| merged.push_entry(e)),
+            Some(old) => {
+                // The stored entries the new ones do not replace, merged in sequence order.
+                let mut old: Vec<Entry<'_>> = old.entries().collect();
+                old.sort_by_key(|e| e.seq);
+                old.dedup_by_key(|e| e.seq);
+                let (mut i, mut j) = (0, 0);
+                while i < old.len() || j < run.len() {
+                    let take_new = match (old.get(i), run.get(j)) {
+                        (Some(o), Some(n)) => {
+                            if o.seq == n.seq {
+                                i += 1;
+                            }
+                            n.seq <= o.seq
+                        }
+                        (None, _) => true,
+                        (_, None) => false,
+                    };
+                    if take_new {
+                        merged.push_entry(&run[j]);
+                        j += 1;
+                    } else {
+                        merged.push_entry(&old[i]);
+                        i += 1;
+                    }
+                }
+            }
         }
         t.insert(group, merged.as_bytes())?;
     }
@@ -711,6 +733,61 @@ mod tests {
 
     fn permutation() -> Permutation {
         Permutation::new(&PermutationKey(*b"embedded-tests-0"))
+    }
+
+    /// Groups as `apply` leaves them: a later batch's entry replaces an earlier one of the same
+    /// sequence (in the same apply, or stored by an earlier one), the rest is kept, and each
+    /// group's entries are in sequence order.
+    #[test]
+    fn applied_groups_merge_in_sequence_order_and_the_later_entry_wins() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = Database::create(tmp.path().join("t.redb")).unwrap();
+        let number = [b'N'; 16];
+        let batch = |entries: &[(u64, &str)]| {
+            let mut b = Batch::default();
+            for (seq, v) in entries {
+                b.push_entry(&Entry {
+                    seq: *seq,
+                    number: &number,
+                    value: v.as_bytes(),
+                });
+            }
+            Arc::new(b)
+        };
+        let commit = |batches: &[Arc<Batch>]| {
+            let tx = db.begin_write().unwrap();
+            assert!(apply(&tx, batches).unwrap().is_empty());
+            tx.commit().unwrap();
+        };
+        commit(&[batch(&(0..10).map(|s| (s, "a")).collect::<Vec<_>>())]);
+        // Out of order, across two groups, replacing 5..10, one sequence given twice.
+        let mut second: Vec<(u64, &str)> = (5..40).rev().map(|s| (s, "b")).collect();
+        second.push((39, "c"));
+        commit(&[batch(&second), batch(&[(7, "d")])]);
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(RECORD_GROUPS).unwrap();
+        let group = |g: u64| -> Vec<(u64, String)> {
+            let v = t.get(g).unwrap().unwrap().value().to_vec();
+            Batch::from_bytes(v)
+                .unwrap()
+                .entries()
+                .map(|e| (e.seq, String::from_utf8(e.value.to_vec()).unwrap()))
+                .collect()
+        };
+        let expected = |seqs: std::ops::Range<u64>| -> Vec<(u64, String)> {
+            seqs.map(|s| {
+                let v = match s {
+                    0..5 => "a",
+                    7 => "d",
+                    39 => "c",
+                    _ => "b",
+                };
+                (s, v.to_string())
+            })
+            .collect()
+        };
+        assert_eq!(group(0), expected(0..32));
+        assert_eq!(group(1), expected(32..40));
     }
 
     /// A lookup that found nothing, with no retention involved.
