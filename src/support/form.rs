@@ -211,20 +211,9 @@ pub fn decode(s: &str) -> Value<'_> {
     if first_escape(b).is_none() {
         return Ok(Cow::Borrowed(s));
     }
-    // A short component (a name) is decoded on the stack, then copied once at its length.
-    let mut stack = [0u8; 128];
-    let out = match stack.get_mut(..b.len()) {
-        Some(buf) => {
-            let n = unescape(b, buf);
-            buf[..n].to_vec()
-        }
-        None => {
-            let mut out = vec![0; b.len()];
-            let n = unescape(b, &mut out);
-            out.truncate(n);
-            out
-        }
-    };
+    let mut out = vec![0; b.len()];
+    let n = unescape(b, &mut out);
+    out.truncate(n);
     String::from_utf8(out)
         .map(Cow::Owned)
         .map_err(|_| InvalidUtf8)

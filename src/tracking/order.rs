@@ -233,8 +233,7 @@ pub enum Raw<'a> {
     #[default]
     Missing,
     Value(Cow<'a, str>),
-    /// Present, percent-encoded as sent: decoded when validated (an instant, into a buffer on
-    /// the stack).
+    /// Present, percent-encoded as sent: decoded when validated, on the stack.
     Encoded(&'a str),
     /// Present but unusable as text; the message says why.
     Invalid(&'static str),
@@ -339,16 +338,22 @@ impl TryFrom<OrderFields<'_>> for Order {
         let mut errors = FieldErrors::default();
 
         // Each field: the single raw value (or why there is none), then its parse.
-        fn field<'v, T>(
+        fn field<T>(
             errors: &mut FieldErrors,
             name: &'static str,
-            raw: Raw<'v>,
+            raw: Raw<'_>,
             required: bool,
-            parse: impl FnOnce(Cow<'v, str>) -> Result<T, String>,
+            parse: impl for<'x> FnOnce(Cow<'x, str>) -> Result<T, String>,
         ) -> Option<T> {
+            // A value is short (an instant, a name): decoded on the stack; what keeps it
+            // copies it once.
+            let mut buf = [0u8; 128];
             match raw {
                 Raw::Value(v) => parse(v).map_err(|m| errors.add(name, m)).ok(),
-                Raw::Encoded(s) => match form::decode(s) {
+                Raw::Encoded(s) => match form::decode_in(s, &mut buf)
+                    .map(|d| d.map(Cow::Borrowed))
+                    .unwrap_or_else(|| form::decode(s))
+                {
                     Ok(v) => parse(v).map_err(|m| errors.add(name, m)).ok(),
                     Err(form::InvalidUtf8) => {
                         errors.add(name, NOT_UTF8);
@@ -389,17 +394,7 @@ impl TryFrom<OrderFields<'_>> for Order {
         let weight = field(&mut errors, "weight", f.weight, true, |s| {
             Weight::parse(&s).map_err(String::from)
         });
-        // An instant is short: decoded on the stack, and only parsed.
-        let mut buf = [0u8; 64];
-        let created_raw = match f.created_at {
-            Raw::Encoded(s) => match form::decode_in(s, &mut buf) {
-                Some(Ok(t)) => Raw::Value(Cow::Borrowed(t)),
-                Some(Err(form::InvalidUtf8)) => Raw::Invalid(NOT_UTF8),
-                None => Raw::Encoded(s),
-            },
-            raw => raw,
-        };
-        let created_at = field(&mut errors, "created_at", created_raw, false, |s| {
+        let created_at = field(&mut errors, "created_at", f.created_at, false, |s| {
             rfc3339::parse(&s).map_err(String::from)
         });
         let customer_id = field(&mut errors, "customer_id", f.customer_id, true, |s| {
