@@ -51,16 +51,21 @@ pub struct Component<'a> {
     pub value_encoded: bool,
 }
 
-/// The non-empty components of a query string, in order, found in one pass over its bytes
-/// (the separators and escapes looked up in a table): the raw form of [`pairs`].
+/// The non-empty components of a query string, in order, found in one pass over its bytes:
+/// the raw form of [`pairs`].
 pub struct Components<'a> {
     raw: &'a str,
     at: usize,
+    specials: Specials<'a>,
 }
 
 impl<'a> Components<'a> {
     pub fn new(raw: &'a str) -> Self {
-        Self { raw, at: 0 }
+        Self {
+            raw,
+            at: 0,
+            specials: Specials::new(raw.as_bytes()),
+        }
     }
 }
 
@@ -74,7 +79,36 @@ const CLASS: [bool; 256] = {
     t
 };
 
+/// Bytes examined at once by [`block_mask`].
+const BLOCK: usize = 16;
+
+/// Bit `j` set for each byte `j` of `w` that the scan stops at: sixteen SSE2 compares.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn block_mask(w: &[u8; BLOCK]) -> u32 {
+    use safe_arch::{
+        bitor_m128i, cmp_eq_mask_i8_m128i as eq, load_unaligned_m128i, move_mask_i8_m128i,
+        set_splat_i8_m128i as splat,
+    };
+    let v = load_unaligned_m128i(w);
+    let m = bitor_m128i(
+        bitor_m128i(eq(v, splat(b'&' as i8)), eq(v, splat(b'=' as i8))),
+        bitor_m128i(eq(v, splat(b'%' as i8)), eq(v, splat(b'+' as i8))),
+    );
+    move_mask_i8_m128i(m) as u32
+}
+
+/// [`block_mask`] where SSE2 is not there: two words of eight bytes.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn block_mask(w: &[u8; BLOCK]) -> u32 {
+    let (lo, hi) = w.split_at(8);
+    let half = |h: &[u8]| compress(specials(h.try_into().expect("8 bytes")));
+    half(lo) | half(hi) << 8
+}
+
 /// The high bit of each byte of `w` that the scan stops at (byte `j` is bit `8 j + 7`).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 #[inline(always)]
 fn specials(w: [u8; 8]) -> u64 {
     use super::swar::{matches_ascii, splat};
@@ -85,18 +119,67 @@ fn specials(w: [u8; 8]) -> u64 {
             | matches_ascii(x, b'%')
             | matches_ascii(x, b'+');
     }
-    specials_of(&w)
-}
-
-/// [`specials`] byte by byte: for non-ASCII words and the last few bytes of a query.
-fn specials_of(bytes: &[u8]) -> u64 {
     let mut mask = 0;
-    for (j, &c) in bytes.iter().enumerate() {
+    for (j, &c) in w.iter().enumerate() {
         if CLASS[c as usize] {
             mask |= 0x80 << (8 * j);
         }
     }
     mask
+}
+
+/// A mask of high bits (bit `8 j + 7` for byte `j`) as one bit per byte (bit `j`).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+#[inline(always)]
+fn compress(m: u64) -> u32 {
+    ((m >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u32
+}
+
+/// The positions of a query's bytes of interest, in order, a block at a time: a plain byte
+/// costs only its share of a block, and no byte is looked at twice.
+struct Specials<'a> {
+    bytes: &'a [u8],
+    /// Where the current block starts, and its positions not yet returned.
+    base: usize,
+    mask: u32,
+}
+
+impl<'a> Specials<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            base: 0,
+            mask: Self::mask_at(bytes, 0),
+        }
+    }
+
+    /// The mask of the block at `base`; bytes past the end are zeros, which the scan ignores.
+    #[inline(always)]
+    fn mask_at(bytes: &[u8], base: usize) -> u32 {
+        match bytes.get(base..base + BLOCK) {
+            Some(w) => block_mask(w.try_into().expect("a block")),
+            None => {
+                let mut w = [0; BLOCK];
+                let tail = bytes.get(base..).unwrap_or_default();
+                w[..tail.len()].copy_from_slice(tail);
+                block_mask(&w)
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<usize> {
+        while self.mask == 0 {
+            self.base += BLOCK;
+            if self.base >= self.bytes.len() {
+                return None;
+            }
+            self.mask = Self::mask_at(self.bytes, self.base);
+        }
+        let i = self.base + self.mask.trailing_zeros() as usize;
+        self.mask &= self.mask - 1;
+        Some(i)
+    }
 }
 
 impl<'a> Iterator for Components<'a> {
@@ -111,32 +194,20 @@ impl<'a> Iterator for Components<'a> {
             }
             let mut eq = None;
             let (mut key_encoded, mut value_encoded) = (false, false);
-            // Eight bytes at a time: a mask of the bytes of interest, visited in order, so a
-            // plain byte costs nothing beyond its share of the word.
-            let end = 'scan: {
-                let mut base = start;
-                while base < b.len() {
-                    let mut mask = match b.get(base..base + 8) {
-                        Some(w) => specials(w.try_into().expect("8 bytes")),
-                        None => specials_of(&b[base..]),
-                    };
-                    while mask != 0 {
-                        let i = base + (mask.trailing_zeros() / 8) as usize;
-                        mask &= mask - 1;
-                        match b[i] {
-                            b'&' => break 'scan i,
-                            b'=' => {
-                                if eq.is_none() {
-                                    eq = Some(i);
-                                }
-                            }
-                            _ if eq.is_none() => key_encoded = true,
-                            _ => value_encoded = true,
+            let end = loop {
+                let Some(i) = self.specials.next() else {
+                    break b.len();
+                };
+                match b[i] {
+                    b'&' => break i,
+                    b'=' => {
+                        if eq.is_none() {
+                            eq = Some(i);
                         }
                     }
-                    base += 8;
+                    _ if eq.is_none() => key_encoded = true,
+                    _ => value_encoded = true,
                 }
-                b.len()
             };
             self.at = end + 1;
             if end == start {
@@ -290,27 +361,45 @@ mod tests {
     }
 
     #[test]
-    fn the_mask_marks_exactly_the_bytes_of_interest() {
+    fn the_masks_mark_exactly_the_bytes_of_interest() {
         let expected = |w: &[u8]| {
             w.iter()
                 .enumerate()
                 .filter(|(_, c)| CLASS[**c as usize])
-                .fold(0u64, |m, (j, _)| m | 0x80 << (8 * j))
+                .fold(0u32, |m, (j, _)| m | 1 << j)
         };
-        for at in 0..8 {
+        for at in 0..BLOCK {
             for c in [b'&', b'=', b'%', b'+'] {
-                let mut w = *b"abcdefgh";
+                let mut w = *b"abcdefghijklmnop";
                 w[at] = c;
-                assert_eq!(specials(w), 0x80 << (8 * at), "{c} at {at}");
+                assert_eq!(block_mask(&w), 1 << at, "{c} at {at}");
             }
         }
-        // Every byte value next to every other, in whole words and in short tails.
+        // Every byte value next to every other, by the block mask and by the word fallback.
         for x in 0..=255u8 {
             for y in 0..=255u8 {
-                let w = [x, y, b'%', b'b', y, x, b'&', b'='];
-                assert_eq!(specials(w), expected(&w), "{x} {y}");
-                assert_eq!(specials_of(&w[..3]), expected(&w[..3]), "{x} {y}");
+                let w = [
+                    x, y, b'%', b'b', y, x, b'&', b'=', y, b'+', x, 0, 0x80, y, x, b'a',
+                ];
+                assert_eq!(block_mask(&w), expected(&w), "{x} {y}");
+                let (lo, hi) = w.split_at(8);
+                let by_words = compress(specials(lo.try_into().unwrap()))
+                    | compress(specials(hi.try_into().unwrap())) << 8;
+                assert_eq!(by_words, expected(&w), "{x} {y}");
             }
+        }
+    }
+
+    #[test]
+    fn specials_are_found_across_blocks_and_in_a_short_tail() {
+        for len in 0..60 {
+            let q: Vec<u8> = (0..len)
+                .map(|i| [b'a', b'&', b'x', b'=', b'%', b'y', b'+'][i * 7 % 11 % 7])
+                .collect();
+            let mut s = Specials::new(&q);
+            let found: Vec<usize> = std::iter::from_fn(|| s.next()).collect();
+            let want: Vec<usize> = (0..len).filter(|&i| CLASS[q[i] as usize]).collect();
+            assert_eq!(found, want, "length {len}");
         }
     }
 
