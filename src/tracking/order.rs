@@ -6,6 +6,8 @@ use super::country::CountryCode;
 use crate::support::{form, rfc3339};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -66,9 +68,10 @@ impl std::fmt::Display for Weight {
     }
 }
 
-/// A customer's display name: trimmed, 1–255 characters, no control characters.
+/// A customer's display name: trimmed, 1–255 characters, no control characters. Shared, so
+/// that the orders of a customer seen before reuse its validated name ([`Known`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CustomerName(String);
+pub struct CustomerName(Arc<str>);
 
 impl CustomerName {
     pub fn parse(s: &str) -> Result<Self, &'static str> {
@@ -93,11 +96,7 @@ impl CustomerName {
         if control {
             return Err("Must not contain control characters.");
         }
-        if t.len() == s.len() {
-            Ok(Self(s.into_owned()))
-        } else {
-            Ok(Self(t.to_owned()))
-        }
+        Ok(Self(Arc::from(t)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -105,9 +104,10 @@ impl CustomerName {
     }
 }
 
-/// A kebab-case slug: `^[a-z0-9]+(-[a-z0-9]+)*$`, at most 255 characters.
+/// A kebab-case slug: `^[a-z0-9]+(-[a-z0-9]+)*$`, at most 255 characters. Shared, as a
+/// [`CustomerName`] is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CustomerSlug(String);
+pub struct CustomerSlug(Arc<str>);
 
 impl CustomerSlug {
     pub fn parse(s: &str) -> Result<Self, &'static str> {
@@ -140,11 +140,110 @@ impl CustomerSlug {
                 "Enter a valid kebab-case slug: lower-case letters and digits, words separated by single hyphens (e.g. 'redbox-logistics').",
             );
         }
-        Ok(Self(s.into_owned()))
+        Ok(Self(Arc::from(s.as_ref())))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Customers whose orders this thread validated lately, by customer id: a parcel system sends
+/// many orders per customer, and an order whose name and slug are sent exactly as a known
+/// customer's were (the same bytes, encoded the same way) reuses them, validated and shared,
+/// instead of decoding, checking and copying them again.
+struct Known {
+    slots: [Option<Seen>; KNOWN_SLOTS],
+}
+
+/// Customers kept per thread (direct-mapped by id: a new customer replaces the one in its
+/// slot).
+const KNOWN_SLOTS: usize = 64;
+
+/// One known customer: its id, its name and slug as they were sent, and as validated.
+struct Seen {
+    id: Uuid,
+    name_sent: Sent,
+    slug_sent: Sent,
+    name: CustomerName,
+    slug: CustomerSlug,
+}
+
+/// A field as sent, kept inline (no allocation for a customer seen once): whether it was
+/// percent-encoded, and its bytes.
+#[derive(Clone, Copy)]
+struct Sent {
+    encoded: bool,
+    len: u8,
+    bytes: [u8; SENT_MAX],
+}
+
+/// Longest name or slug (as sent) that is remembered.
+const SENT_MAX: usize = 48;
+
+impl Sent {
+    fn of(raw: &Raw<'_>) -> Option<Self> {
+        let (encoded, s) = match raw {
+            Raw::Value(v) => (false, v.as_ref()),
+            Raw::Encoded(s) => (true, *s),
+            Raw::Missing | Raw::Invalid(_) => return None,
+        };
+        let mut bytes = [0; SENT_MAX];
+        bytes.get_mut(..s.len())?.copy_from_slice(s.as_bytes());
+        Some(Self {
+            encoded,
+            len: s.len() as u8,
+            bytes,
+        })
+    }
+
+    fn is(&self, raw: &Raw<'_>) -> bool {
+        let (encoded, s) = match raw {
+            Raw::Value(v) => (false, v.as_ref()),
+            Raw::Encoded(s) => (true, *s),
+            Raw::Missing | Raw::Invalid(_) => return false,
+        };
+        encoded == self.encoded && s.as_bytes() == &self.bytes[..usize::from(self.len)]
+    }
+}
+
+thread_local! {
+    static KNOWN: RefCell<Known> = const {
+        RefCell::new(Known {
+            slots: [const { None }; KNOWN_SLOTS],
+        })
+    };
+}
+
+impl Known {
+    fn slot(id: &Uuid) -> usize {
+        let (hi, lo) = id.as_u64_pair();
+        ((hi ^ lo) as usize) % KNOWN_SLOTS
+    }
+
+    /// The validated name and slug of customer `id`, if these are sent as they were before.
+    fn find(id: &Uuid, name: &Raw<'_>, slug: &Raw<'_>) -> Option<(CustomerName, CustomerSlug)> {
+        KNOWN.with_borrow(|k| {
+            let seen = k.slots[Self::slot(id)].as_ref()?;
+            (seen.id == *id && seen.name_sent.is(name) && seen.slug_sent.is(slug))
+                .then(|| (seen.name.clone(), seen.slug.clone()))
+        })
+    }
+
+    /// Keeps a customer whose name and slug, sent as `name_raw` and `slug_raw`, validated.
+    fn remember(id: Uuid, raw: (&Raw<'_>, &Raw<'_>), valid: (&CustomerName, &CustomerSlug)) {
+        let (Some(name_sent), Some(slug_sent)) = (Sent::of(raw.0), Sent::of(raw.1)) else {
+            return;
+        };
+        KNOWN.with_borrow_mut(|k| {
+            k.slots[Self::slot(&id)] = Some(Seen {
+                id,
+                name_sent,
+                slug_sent,
+                name: valid.0.clone(),
+                slug: valid.1.clone(),
+            });
+        });
     }
 }
 
@@ -341,7 +440,7 @@ impl TryFrom<OrderFields<'_>> for Order {
         fn field<T>(
             errors: &mut FieldErrors,
             name: &'static str,
-            raw: Raw<'_>,
+            raw: &Raw<'_>,
             required: bool,
             parse: impl for<'x> FnOnce(Cow<'x, str>) -> Result<T, String>,
         ) -> Option<T> {
@@ -349,7 +448,9 @@ impl TryFrom<OrderFields<'_>> for Order {
             // copies it once.
             let mut buf = [0u8; 128];
             match raw {
-                Raw::Value(v) => parse(v).map_err(|m| errors.add(name, m)).ok(),
+                Raw::Value(v) => parse(Cow::Borrowed(v))
+                    .map_err(|m| errors.add(name, m))
+                    .ok(),
                 Raw::Encoded(s) => match form::decode_in(s, &mut buf)
                     .map(|d| d.map(Cow::Borrowed))
                     .unwrap_or_else(|| form::decode(s))
@@ -366,7 +467,7 @@ impl TryFrom<OrderFields<'_>> for Order {
                     None
                 }
                 Raw::Invalid(why) => {
-                    errors.add(name, why);
+                    errors.add(name, *why);
                     None
                 }
             }
@@ -380,32 +481,44 @@ impl TryFrom<OrderFields<'_>> for Order {
         let origin = field(
             &mut errors,
             "origin_country_id",
-            f.origin_country_id,
+            &f.origin_country_id,
             true,
             country,
         );
         let destination = field(
             &mut errors,
             "destination_country_id",
-            f.destination_country_id,
+            &f.destination_country_id,
             true,
             country,
         );
-        let weight = field(&mut errors, "weight", f.weight, true, |s| {
+        let weight = field(&mut errors, "weight", &f.weight, true, |s| {
             Weight::parse(&s).map_err(String::from)
         });
-        let created_at = field(&mut errors, "created_at", f.created_at, false, |s| {
+        let created_at = field(&mut errors, "created_at", &f.created_at, false, |s| {
             rfc3339::parse(&s).map_err(String::from)
         });
-        let customer_id = field(&mut errors, "customer_id", f.customer_id, true, |s| {
+        let customer_id = field(&mut errors, "customer_id", &f.customer_id, true, |s| {
             parse_customer_id(&s).map_err(String::from)
         });
-        let customer_name = field(&mut errors, "customer_name", f.customer_name, true, |s| {
-            CustomerName::from_cow(s).map_err(String::from)
-        });
-        let customer_slug = field(&mut errors, "customer_slug", f.customer_slug, true, |s| {
-            CustomerSlug::from_cow(s).map_err(String::from)
-        });
+        let known = customer_id
+            .as_ref()
+            .and_then(|id| Known::find(id, &f.customer_name, &f.customer_slug));
+        let (customer_name, customer_slug) = match known {
+            Some((name, slug)) => (Some(name), Some(slug)),
+            None => {
+                let name = field(&mut errors, "customer_name", &f.customer_name, true, |s| {
+                    CustomerName::from_cow(s).map_err(String::from)
+                });
+                let slug = field(&mut errors, "customer_slug", &f.customer_slug, true, |s| {
+                    CustomerSlug::from_cow(s).map_err(String::from)
+                });
+                if let (Some(id), Some(name), Some(slug)) = (customer_id, &name, &slug) {
+                    Known::remember(id, (&f.customer_name, &f.customer_slug), (name, slug));
+                }
+                (name, slug)
+            }
+        };
 
         match (
             origin,
@@ -504,6 +617,115 @@ mod tests {
                 .created_at
                 .is_none()
         );
+    }
+
+    fn forget_known_customers() {
+        KNOWN.with_borrow_mut(|k| k.slots = [const { None }; KNOWN_SLOTS]);
+    }
+
+    fn fields<'a>(id: &'a str, name: Raw<'a>, slug: Raw<'a>) -> OrderFields<'a> {
+        OrderFields {
+            origin_country_id: Raw::Value("MY".into()),
+            destination_country_id: Raw::Value("ID".into()),
+            weight: Raw::Value("1.5".into()),
+            customer_id: Raw::Value(id.into()),
+            customer_name: name,
+            customer_slug: slug,
+            ..OrderFields::default()
+        }
+    }
+
+    #[test]
+    fn a_known_customer_is_reused_only_when_sent_exactly_as_before() {
+        forget_known_customers();
+        let id = "de619854-b59b-425e-9db4-943979e1bd49";
+        let slug = || Raw::Value("redbox-logistics".into());
+        let first =
+            Order::try_from(fields(id, Raw::Encoded("RedBox%20Logistics"), slug())).unwrap();
+        let again =
+            Order::try_from(fields(id, Raw::Encoded("RedBox%20Logistics"), slug())).unwrap();
+        assert_eq!(again, first);
+        assert!(
+            Arc::ptr_eq(&again.customer_name.0, &first.customer_name.0),
+            "the second order reuses the first one's validated name"
+        );
+        // The same bytes sent unencoded (a JSON body's literal percent) are another name.
+        let literal = Order::try_from(fields(id, Raw::Value("RedBox%20Logistics".into()), slug()));
+        assert_eq!(
+            literal.unwrap().customer_name.as_str(),
+            "RedBox%20Logistics"
+        );
+        // Sent with spaces around it: trimmed as ever, not taken for the known one's bytes.
+        let spaced = Order::try_from(fields(id, Raw::Value(" RedBox ".into()), slug())).unwrap();
+        assert_eq!(spaced.customer_name.as_str(), "RedBox");
+        // A known id does not excuse a bad name or slug.
+        let bad = Order::try_from(fields(id, Raw::Value("Red\u{7}Box".into()), slug()));
+        assert_eq!(
+            bad.unwrap_err().fields().collect::<Vec<_>>(),
+            ["customer_name"]
+        );
+        let bad = Order::try_from(fields(
+            id,
+            Raw::Value("RedBox".into()),
+            Raw::Value("Red".into()),
+        ));
+        assert_eq!(
+            bad.unwrap_err().fields().collect::<Vec<_>>(),
+            ["customer_slug"]
+        );
+        // Another customer in the same slot replaces the first; the first validates again.
+        let other = (0..u128::MAX)
+            .map(Uuid::from_u128)
+            .find(|u| Known::slot(u) == Known::slot(&first.customer_id) && *u != first.customer_id)
+            .unwrap()
+            .to_string();
+        Order::try_from(fields(&other, Raw::Value("Other".into()), slug())).unwrap();
+        let back = Order::try_from(fields(id, Raw::Encoded("RedBox%20Logistics"), slug())).unwrap();
+        assert_eq!(back, first);
+        assert!(!Arc::ptr_eq(&back.customer_name.0, &first.customer_name.0));
+    }
+
+    #[test]
+    fn orders_validate_alike_with_and_without_known_customers() {
+        forget_known_customers();
+        let ids = [
+            "de619854-b59b-425e-9db4-943979e1bd49",
+            "DE619854B59B425E9DB4943979E1BD49",
+            "00000000-0000-0000-0000-000000000040",
+        ];
+        let names: [fn() -> Raw<'static>; 7] = [
+            || Raw::Encoded("RedBox%20Logistics"),
+            || Raw::Encoded("RedBox+Logistics"),
+            || Raw::Value("RedBox+Logistics".into()),
+            || Raw::Value("RedBox Logistics".into()),
+            || Raw::Value(" RedBox Logistics".into()),
+            || Raw::Encoded("%FF"),
+            || Raw::Value("".into()),
+        ];
+        let slugs: [fn() -> Raw<'static>; 4] = [
+            || Raw::Value("redbox-logistics".into()),
+            || Raw::Value("redbox".into()),
+            || Raw::Value("Redbox".into()),
+            || Raw::Missing,
+        ];
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..5_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (i, n, s) = (
+                x as usize % 3,
+                (x >> 8) as usize % 7,
+                (x >> 16) as usize % 4,
+            );
+            let with_known = Order::try_from(fields(ids[i], names[n](), slugs[s]()));
+            let saved = KNOWN.with_borrow_mut(|k| {
+                std::mem::replace(&mut k.slots, [const { None }; KNOWN_SLOTS])
+            });
+            let fresh = Order::try_from(fields(ids[i], names[n](), slugs[s]()));
+            KNOWN.with_borrow_mut(|k| k.slots = saved);
+            assert_eq!(with_known, fresh, "id {i}, name {n}, slug {s}");
+        }
     }
 
     #[test]
