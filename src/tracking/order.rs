@@ -78,7 +78,7 @@ impl CustomerName {
         Self::from_cow(Cow::Borrowed(s))
     }
 
-    /// [`CustomerName::parse`], keeping a decoded value's own buffer when nothing is trimmed.
+    /// [`CustomerName::parse`] of a decoded or borrowed value.
     pub fn from_cow(s: Cow<'_, str>) -> Result<Self, &'static str> {
         let t = s.trim();
         if t.is_empty() {
@@ -114,7 +114,7 @@ impl CustomerSlug {
         Self::from_cow(Cow::Borrowed(s))
     }
 
-    /// [`CustomerSlug::parse`], keeping a decoded value's own buffer.
+    /// [`CustomerSlug::parse`] of a decoded or borrowed value.
     pub fn from_cow(s: Cow<'_, str>) -> Result<Self, &'static str> {
         if s.is_empty() {
             return Err("This field may not be blank.");
@@ -230,7 +230,7 @@ impl Known {
         })
     }
 
-    /// Keeps a customer whose name and slug, sent as `name_raw` and `slug_raw`, validated.
+    /// Keeps a customer whose name and slug, sent as `raw`, validated as `valid`.
     fn remember(id: Uuid, raw: (&Raw<'_>, &Raw<'_>), valid: (&CustomerName, &CustomerSlug)) {
         let (Some(name_sent), Some(slug_sent)) = (Sent::of(raw.0), Sent::of(raw.1)) else {
             return;
